@@ -1,0 +1,187 @@
+"""``smiling-cli``: the Typer front end. Each command reads ``params.yaml``, applies its options and
+calls one module function; user errors become one line on stderr and a non-zero exit code."""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+import warnings
+from pathlib import Path
+from typing import Annotated, Any, Callable, Optional, TypeVar
+
+import typer
+
+from smiling_pipeline import config as C
+from smiling_pipeline.errors import UserError
+
+app = typer.Typer(
+    help="SMILING imitation learning: Minari demos -> score models -> RL -> normalized return.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+ParamsOpt = Annotated[Optional[Path], typer.Option("--params", help="params.yaml to read (default: ./params.yaml if present).")]
+WorkdirOpt = Annotated[Optional[Path], typer.Option("--workdir", help="Folder the stages write to [params: runtime.workdir].")]
+RootOpt = Annotated[
+    Optional[Path],
+    typer.Option("--minari-root", help="Minari store [params: runtime.minari_root, else $MINARI_DATASETS_PATH, else ~/.minari/datasets]."),
+]
+DeviceOpt = Annotated[Optional[str], typer.Option("--device", help="auto | cpu | cuda | cuda:N [params: runtime.device].")]
+ThreadsOpt = Annotated[Optional[int], typer.Option("--threads", min=1, help="Torch CPU threads [params: runtime.threads].")]
+SeedOpt = Annotated[Optional[int], typer.Option("--seed", help="Random seed [params: <stage>.seed].")]
+
+
+def handles_user_errors(fn: F) -> F:
+    """Print :class:`UserError` as one line and exit 1; Ctrl-C exits 130. Real bugs keep their traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except UserError as e:
+            typer.echo(f"error: {e}", err=True)
+            raise typer.Exit(1) from None
+        except KeyboardInterrupt:
+            typer.echo("interrupted: finished outputs are kept, unfinished ones were not written", err=True)
+            raise typer.Exit(130) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _quiet_libraries() -> None:
+    """Library warnings (Minari metadata, Gymnasium env checks) would bury the command's own output."""
+    for module in ("minari", "gymnasium", "stable_baselines3", "mlflow", "jax"):
+        warnings.filterwarnings("ignore", module=module)
+    warnings.filterwarnings("ignore", category=UserWarning)
+    os.environ.setdefault("MUJOCO_GL", "egl")
+
+
+def setup(params: Optional[Path], workdir: Optional[Path] = None, minari_root: Optional[Path] = None,
+          device: Optional[str] = None, threads: Optional[int] = None) -> C.Params:
+    """Load params, apply the runtime options, point Minari at its store and set torch threads.
+
+    The Minari store is ``--minari-root``, else ``$MINARI_DATASETS_PATH``, else ``runtime.minari_root``,
+    else Minari's default.
+    """
+    from smiling_pipeline.demos import use_minari_root
+    from smiling_pipeline.runtime import set_threads
+
+    _quiet_libraries()
+    p = C.load_params(params)
+    rt = C.override(p.runtime, workdir=str(workdir) if workdir else None, device=device, threads=threads)
+    use_minari_root(minari_root or os.environ.get("MINARI_DATASETS_PATH") or rt.minari_root)
+    set_threads(rt.threads)
+    return C.Params(**{**vars(p), "runtime": rt})
+
+
+@app.callback()
+def _root() -> None:
+    """SMILING imitation learning from Minari demonstrations (see README)."""
+
+
+@app.command()
+@handles_user_errors
+def datasets(
+    remote: Annotated[bool, typer.Option("--remote", help="Also list remote datasets (needs a network).")] = False,
+    minari_root: RootOpt = None,
+    params: ParamsOpt = None,
+) -> None:
+    """List local Minari datasets (and remote ones with --remote) with sizes and reference scores."""
+    from smiling_pipeline.demos import local_datasets, minari_root as store, remote_datasets
+
+    setup(params, minari_root=minari_root)
+    rows = [("local", i, m) for i, m in local_datasets().items()]
+    if remote:
+        rows += [("remote", i, m) for i, m in remote_datasets().items()]
+    typer.echo(f"Minari store: {store()}")
+    if not rows:
+        typer.echo("no datasets; make one with `smiling-cli demos` or pass --remote")
+        return
+    typer.echo(f"{'where':<7} {'dataset':<45} {'episodes':>8} {'steps':>9} {'size':>9} {'ref_min':>9} {'ref_max':>9}")
+    for where, dataset_id, m in rows:
+        typer.echo(
+            f"{where:<7} {dataset_id:<45} {m.get('total_episodes', '?'):>8} {m.get('total_steps', '?'):>9} "
+            f"{m.get('dataset_size', '?')!s:>7}MB {_fmt(m.get('ref_min_score')):>9} {_fmt(m.get('ref_max_score')):>9}"
+        )
+
+
+def _fmt(x: Any) -> str:
+    return "-" if x is None else f"{float(x):.1f}"
+
+
+@app.command()
+@handles_user_errors
+def demos(
+    env: Annotated[Optional[str], typer.Option("--env", help="Gymnasium env id [params: demos.env_id].")] = None,
+    dataset_id: Annotated[Optional[str], typer.Option("--dataset-id", help="Id of the new dataset, e.g. smiling/hopper/expert-v0.")] = None,
+    expert_steps: Annotated[Optional[int], typer.Option("--expert-steps", min=1, help="SAC true-reward steps for the expert.")] = None,
+    episodes: Annotated[Optional[int], typer.Option("--episodes", min=1, help="Expert episodes to record.")] = None,
+    random_episodes: Annotated[Optional[int], typer.Option("--random-episodes", min=1, help="Random-policy episodes for ref_min_score.")] = None,
+    algorithm: Annotated[Optional[str], typer.Option("--algorithm", help="Expert algorithm: sac | ppo [params: demos.algorithm].")] = None,
+    policy: Annotated[Optional[str], typer.Option("--policy", help="Record this SB3 .zip (of --algorithm) instead of training an expert.")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing dataset with the same id.")] = False,
+    seed: SeedOpt = None,
+    params: ParamsOpt = None,
+    workdir: WorkdirOpt = None,
+    minari_root: RootOpt = None,
+    device: DeviceOpt = None,
+    threads: ThreadsOpt = None,
+) -> None:
+    """Make a local expert dataset: train SAC on the true reward (or load --policy), record with Minari."""
+    from smiling_pipeline.demos import make_demos, minari_root as store
+    from smiling_pipeline.io import write_json
+    from smiling_pipeline.runtime import resolve_device
+
+    p = setup(params, workdir, minari_root, device, threads)
+    if algorithm not in (None, "sac", "ppo"):
+        raise UserError(f"--algorithm must be sac or ppo, got {algorithm!r}")
+    cfg = C.override(p.demos, env_id=env, dataset_id=dataset_id, algorithm=algorithm, expert_steps=expert_steps, episodes=episodes,
+                      random_episodes=random_episodes, policy_path=policy, seed=seed)
+    out = Path(p.runtime.workdir) / "demos"
+    result = make_demos(cfg, store(), out, resolve_device(p.runtime.device), force=force)
+    write_json(out / "demos.json", vars(result))
+    typer.echo(
+        f"recorded {result.episodes} episodes ({result.steps} steps) into {result.dataset_id}: expert return "
+        f"{result.expert_return:.1f} ± {result.expert_return_std:.1f}, random {result.random_return:.1f}"
+    )
+
+
+@app.command()
+@handles_user_errors
+def ingest(
+    dataset: Annotated[Optional[str], typer.Option("--dataset", help="Minari id, full or bare (mujoco/humanoid) [params: ingest.dataset].")] = None,
+    num_states: Annotated[Optional[int], typer.Option("--num-states", min=2, help="Expert states to keep (random subset).")] = None,
+    every: Annotated[Optional[int], typer.Option("--every", min=1, help="Keep every k-th step of each episode.")] = None,
+    max_episodes: Annotated[Optional[int], typer.Option("--max-episodes", min=1, help="Read at most this many episodes.")] = None,
+    val_fraction: Annotated[Optional[float], typer.Option("--val-fraction", min=0.0, max=0.99, help="Share held out for validation.")] = None,
+    with_actions: Annotated[Optional[bool], typer.Option("--with-actions/--states-only", help="State-action variant.")] = None,
+    seed: SeedOpt = None,
+    params: ParamsOpt = None,
+    workdir: WorkdirOpt = None,
+    minari_root: RootOpt = None,
+) -> None:
+    """Read a Minari dataset once and write expert arrays, statistics and metadata under the workdir."""
+    from smiling_pipeline.ingest import ingest as run_ingest
+
+    p = setup(params, workdir, minari_root)
+    cfg = C.override(p.ingest, dataset=dataset, num_states=num_states, every=every, max_episodes=max_episodes,
+                     val_fraction=val_fraction, with_actions=with_actions, seed=seed)
+    out = Path(p.runtime.workdir) / "ingest"
+    meta = run_ingest(cfg, out)
+    typer.echo(
+        f"ingested {meta['dataset_id']}: {meta['train_rows']} train + {meta['val_rows']} val rows of dim "
+        f"{meta['input_dim']} from {meta['episodes_used']} episodes -> {out}"
+    )
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

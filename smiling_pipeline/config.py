@@ -1,0 +1,211 @@
+"""Dataclass settings mirroring the sections of ``params.yaml`` and the CLI options.
+
+Every stage reads its section from ``params.yaml`` (unknown or mistyped keys are errors naming
+the key); CLI options override single fields with :func:`override`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import dacite
+import yaml
+
+from smiling_pipeline.errors import UserError
+
+
+@dataclass(frozen=True)
+class RuntimeConfig:
+    """Where things live and how compute is used."""
+
+    minari_root: Optional[str] = None  # None: $MINARI_DATASETS_PATH, else ~/.minari/datasets
+    workdir: str = "data/pipeline"  # every stage writes below this folder
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    threads: int = 1  # torch intra-op threads; one is fastest for small MLPs on CPU
+
+
+@dataclass(frozen=True)
+class DemosConfig:
+    """Make a local expert dataset: train an SB3 expert on the true reward, record with DataCollector."""
+
+    env_id: str = "InvertedPendulum-v5"
+    dataset_id: str = "smiling/invertedpendulum/expert-v0"
+    algorithm: Literal["sac", "ppo"] = "sac"  # ppo is the quicker expert for the pendulums
+    expert_steps: int = 15_000
+    expert_net: tuple[int, ...] = (64, 64)
+    episodes: int = 20
+    random_episodes: int = 100
+    policy_path: Optional[str] = None  # an SB3 .zip (of `algorithm`) to record instead of training one
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class IngestConfig:
+    """Turn a Minari dataset into the arrays the later stages read."""
+
+    dataset: str = "smiling/invertedpendulum/expert-v0"
+    num_states: Optional[int] = 5_000  # None: all (after subsampling)
+    every: int = 1  # keep every k-th step of each episode
+    max_episodes: Optional[int] = None
+    val_fraction: float = 0.1
+    with_actions: bool = False  # state-action variant: also store the actions
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class ScoreConfig:
+    """Epsilon-prediction network and DDPM noise schedule (paper defaults)."""
+
+    hidden: int = 256
+    depth: int = 1
+    time_embed: int = 16
+    linear: bool = False  # paper's ablation: no activations at all
+    num_timesteps: int = 5_000
+    beta_schedule: Literal["linear", "cosine"] = "linear"
+    beta_start: float = 1e-4
+    beta_end: float = 0.02
+    min_signal: float = 0.01  # use t only while sqrt(alpha_bar_t) >= this (the informative range)
+    normalize: bool = True  # standardise inputs with the expert statistics
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    """Denoising score matching of the expert score model."""
+
+    steps: int = 4_000
+    batch_size: int = 1_024
+    lr: float = 5e-3
+    weight_decay: float = 0.01
+    eval_every: int = 100
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class CostConfig:
+    """The SMILING reward estimator (see ``cost.py`` for why these defaults)."""
+
+    timesteps: int = 16  # K: stratified timesteps per state
+    antithetic: bool = True
+    reward_norm: Literal["batch", "none"] = "batch"
+    reward_std: float = 0.1
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Iterative SMILING: SAC on the score-matching reward, learner score refit every iteration."""
+
+    algorithm: Literal["sac", "td3", "ddpg"] = "sac"
+    steps: int = 8_000
+    iteration_steps: int = 1_000
+    learning_starts: int = 1_000
+    net: tuple[int, ...] = (64, 64)
+    batch_size: int = 256
+    lr: float = 3e-4
+    gamma: float = 0.99
+    learner_window: Optional[int] = 200_000  # learner states kept for the refit (None: all)
+    learner_fit_steps: int = 200
+    learner_batch_size: int = 1_024
+    learner_lr: float = 5e-3
+    eval_every: int = 1_000
+    eval_episodes: int = 5
+    checkpoint_every: int = 2_000
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    """Final evaluation with the true environment reward."""
+
+    episodes: int = 10
+    seed: int = 10_000
+    video: bool = False
+
+
+@dataclass(frozen=True)
+class Params:
+    """The whole ``params.yaml``."""
+
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    demos: DemosConfig = field(default_factory=DemosConfig)
+    ingest: IngestConfig = field(default_factory=IngestConfig)
+    score: ScoreConfig = field(default_factory=ScoreConfig)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+    cost: CostConfig = field(default_factory=CostConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+
+
+def _to_float(value: Any) -> Any:
+    """YAML reads ``5e-3`` as a string and ``1`` as an int; float fields accept both."""
+    try:
+        return float(value) if isinstance(value, (int, str)) and not isinstance(value, bool) else value
+    except ValueError:
+        return value
+
+
+_DACITE = dacite.Config(strict=True, cast=[tuple], type_hooks={float: _to_float})
+
+
+def params_from_dict(raw: dict[str, Any], source: str = "params") -> Params:
+    """Build :class:`Params` from a mapping; unknown keys and wrong types raise :class:`UserError`."""
+    _check_keys(raw, source)
+    try:
+        return dacite.from_dict(Params, raw, config=_DACITE)
+    except dacite.WrongTypeError as e:
+        raise UserError(f"{source}: '{e.field_path}' must be {_type_name(e.field_type)}, got {e.value!r}") from e
+    except dacite.DaciteError as e:
+        raise UserError(f"{source}: {e}") from e
+
+
+def load_params(path: str | Path | None) -> Params:
+    """Read ``params.yaml`` (defaults when ``path`` is None or the default file is absent)."""
+    if path is None:
+        path = Path("params.yaml")
+        if not path.exists():
+            return Params()
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"params file {path} not found; pass an existing file with --params")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise UserError(f"{path} is not valid YAML: {str(e).splitlines()[0]}") from e
+    if not isinstance(raw, dict):
+        raise UserError(f"{path} must hold a mapping of sections (runtime, ingest, ...)")
+    return params_from_dict(raw, str(path))
+
+
+def override(cfg: Any, **values: Any) -> Any:
+    """Return ``cfg`` with the given fields replaced, skipping values that are None (option not given)."""
+    given = {k: v for k, v in values.items() if v is not None}
+    return dataclasses.replace(cfg, **given) if given else cfg
+
+
+def as_dict(cfg: Any) -> dict[str, Any]:
+    """Plain dict of a config (tuples as lists), for logging and JSON."""
+    def plain(v: Any) -> Any:
+        return list(v) if isinstance(v, tuple) else v
+
+    return {k: plain(v) for k, v in dataclasses.asdict(cfg).items()}
+
+
+def _check_keys(raw: dict[str, Any], source: str) -> None:
+    """Name every unknown ``section.key`` (dacite alone reports keys without their section)."""
+    sections = typing.get_type_hints(Params)
+    unknown = [k for k in raw if k not in sections]
+    for name, value in raw.items():
+        if name in sections and isinstance(value, dict):
+            known = {f.name for f in dataclasses.fields(sections[name])}
+            unknown += [f"{name}.{k}" for k in value if k not in known]
+        elif name in sections and value is not None:
+            raise UserError(f"{source}: section '{name}' must be a mapping, got {value!r}")
+    if unknown:
+        raise UserError(f"{source}: unknown key(s) {', '.join(map(str, unknown))}; see params.yaml for the valid ones")
+
+
+def _type_name(t: Any) -> str:
+    return getattr(t, "__name__", str(t)).replace("typing.", "")
