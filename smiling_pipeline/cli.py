@@ -3,7 +3,9 @@ calls one module function; user errors become one line on stderr and a non-zero 
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import logging
 import os
 import sys
 import warnings
@@ -14,6 +16,7 @@ import typer
 
 from smiling_pipeline import config as C
 from smiling_pipeline.errors import UserError
+from smiling_pipeline.stages import workdir as workdir_for
 
 app = typer.Typer(
     help="SMILING imitation learning: Minari demos -> score models -> RL -> normalized return.",
@@ -28,7 +31,7 @@ ParamsOpt = Annotated[Optional[Path], typer.Option("--params", help="params.yaml
 WorkdirOpt = Annotated[Optional[Path], typer.Option("--workdir", help="Folder the stages write to [params: runtime.workdir].")]
 RootOpt = Annotated[
     Optional[Path],
-    typer.Option("--minari-root", help="Minari store [params: runtime.minari_root, else $MINARI_DATASETS_PATH, else ~/.minari/datasets]."),
+    typer.Option("--minari-root", help="Minari store [default: $MINARI_DATASETS_PATH, else params runtime.minari_root, else ~/.minari/datasets]."),
 ]
 DeviceOpt = Annotated[Optional[str], typer.Option("--device", help="auto | cpu | cuda | cuda:N [params: runtime.device].")]
 ThreadsOpt = Annotated[Optional[int], typer.Option("--threads", min=1, help="Torch CPU threads [params: runtime.threads].")]
@@ -57,6 +60,8 @@ def _quiet_libraries() -> None:
     for module in ("minari", "gymnasium", "stable_baselines3", "mlflow", "jax"):
         warnings.filterwarnings("ignore", module=module)
     warnings.filterwarnings("ignore", category=UserWarning)
+    logging.getLogger("mlflow").setLevel(logging.ERROR)
+    logging.getLogger("alembic").setLevel(logging.ERROR)
     os.environ.setdefault("MUJOCO_GL", "egl")
 
 
@@ -75,7 +80,12 @@ def setup(params: Optional[Path], workdir: Optional[Path] = None, minari_root: O
     rt = C.override(p.runtime, workdir=str(workdir) if workdir else None, device=device, threads=threads)
     use_minari_root(minari_root or os.environ.get("MINARI_DATASETS_PATH") or rt.minari_root)
     set_threads(rt.threads)
-    return C.Params(**{**vars(p), "runtime": rt})
+    return dataclasses.replace(p, runtime=rt)
+
+
+def with_section(p: C.Params, section: str, **values: Any) -> C.Params:
+    """``p`` with fields of one section overridden (None values are options not given)."""
+    return dataclasses.replace(p, **{section: C.override(getattr(p, section), **values)})
 
 
 @app.callback()
@@ -141,7 +151,7 @@ def demos(
         raise UserError(f"--algorithm must be sac or ppo, got {algorithm!r}")
     cfg = C.override(p.demos, env_id=env, dataset_id=dataset_id, algorithm=algorithm, expert_steps=expert_steps, episodes=episodes,
                       random_episodes=random_episodes, policy_path=policy, seed=seed)
-    out = Path(p.runtime.workdir) / "demos"
+    out = workdir_for(p) / "demos"
     result = make_demos(cfg, store(), out, resolve_device(p.runtime.device), force=force)
     write_json(out / "demos.json", vars(result))
     typer.echo(
@@ -168,14 +178,116 @@ def ingest(
     from smiling_pipeline.ingest import ingest as run_ingest
 
     p = setup(params, workdir, minari_root)
+    p = with_section(p, "ingest", dataset=dataset)
     cfg = C.override(p.ingest, dataset=dataset, num_states=num_states, every=every, max_episodes=max_episodes,
                      val_fraction=val_fraction, with_actions=with_actions, seed=seed)
-    out = Path(p.runtime.workdir) / "ingest"
+    out = workdir_for(p) / "ingest"
     meta = run_ingest(cfg, out)
     typer.echo(
         f"ingested {meta['dataset_id']}: {meta['train_rows']} train + {meta['val_rows']} val rows of dim "
         f"{meta['input_dim']} from {meta['episodes_used']} episodes -> {out}"
     )
+
+
+@app.command()
+@handles_user_errors
+def pretrain(
+    dataset: Annotated[Optional[str], typer.Option("--dataset", help="Minari id [params: ingest.dataset]; ingested first if needed.")] = None,
+    steps: Annotated[Optional[int], typer.Option("--steps", min=1, help="Training steps [params: pretrain.steps].")] = None,
+    with_actions: Annotated[Optional[bool], typer.Option("--with-actions/--states-only", help="State-action variant.")] = None,
+    linear: Annotated[Optional[bool], typer.Option("--linear/--nonlinear", help="Linear score network (ablation).")] = None,
+    seed: SeedOpt = None,
+    params: ParamsOpt = None,
+    workdir: WorkdirOpt = None,
+    minari_root: RootOpt = None,
+    device: DeviceOpt = None,
+    threads: ThreadsOpt = None,
+) -> None:
+    """Pre-train the expert diffusion score model; logs losses and the model to MLflow."""
+    from smiling_pipeline.stages import pretrain as run_pretrain
+
+    p = setup(params, workdir, minari_root, device, threads)
+    p = with_section(p, "ingest", dataset=dataset, with_actions=with_actions)
+    p = with_section(p, "score", linear=linear)
+    p = with_section(p, "pretrain", steps=steps, seed=seed)
+    m = run_pretrain(p, say)
+    typer.echo(f"expert score model: val loss {m['final_val_loss']:.4f} after {m['steps']} steps -> "
+               f"{workdir_for(p) / 'pretrain'}; MLflow model {m['model_uri']}")
+
+
+@app.command()
+@handles_user_errors
+def train(
+    dataset: Annotated[Optional[str], typer.Option("--dataset", help="Minari id [params: ingest.dataset]; ingest/pretrain run first if needed.")] = None,
+    steps: Annotated[Optional[int], typer.Option("--steps", min=1, help="Env steps [params: train.steps].")] = None,
+    algorithm: Annotated[Optional[str], typer.Option("--algorithm", help="SB3 off-policy RL: sac | td3 | ddpg [params: train.algorithm].")] = None,
+    with_actions: Annotated[Optional[bool], typer.Option("--with-actions/--states-only", help="State-action variant.")] = None,
+    linear: Annotated[Optional[bool], typer.Option("--linear/--nonlinear", help="Linear score networks (ablation).")] = None,
+    eval_every: Annotated[Optional[int], typer.Option("--eval-every", min=1, help="Env steps between evaluations.")] = None,
+    eval_episodes: Annotated[Optional[int], typer.Option("--eval-episodes", min=1, help="Episodes per evaluation.")] = None,
+    seed: SeedOpt = None,
+    params: ParamsOpt = None,
+    workdir: WorkdirOpt = None,
+    minari_root: RootOpt = None,
+    device: DeviceOpt = None,
+    threads: ThreadsOpt = None,
+) -> None:
+    """Iterative SMILING: RL on the score-matching reward, learner score refit every iteration."""
+    from smiling_pipeline.train import train as run_train
+
+    p = setup(params, workdir, minari_root, device, threads)
+    p = with_section(p, "ingest", dataset=dataset, with_actions=with_actions)
+    p = with_section(p, "score", linear=linear)
+    p = with_section(p, "train", steps=steps, algorithm=algorithm, eval_every=eval_every, eval_episodes=eval_episodes,
+                     seed=seed)
+    m = run_train(p, say)
+    typer.echo(f"SMILING on {m['dataset_id']}: normalized return {m['final_normalized_return']:.3f} after "
+               f"{m['env_steps']} env steps (best {m['best_normalized_return']:.3f}) -> {workdir_for(p) / 'train'}")
+
+
+@app.command()
+@handles_user_errors
+def evaluate(
+    policy: Annotated[Optional[str], typer.Option("--policy", help="SB3 .zip or MLflow model URI (default: the trained policy).")] = None,
+    dataset: Annotated[Optional[str], typer.Option("--dataset", help="Minari id the policy imitates [params: ingest.dataset].")] = None,
+    episodes: Annotated[Optional[int], typer.Option("--episodes", min=1, help="Episodes [params: evaluate.episodes].")] = None,
+    video: Annotated[Optional[bool], typer.Option("--video/--no-video", help="Record the first episode (MUJOCO_GL=egl).")] = None,
+    seed: SeedOpt = None,
+    params: ParamsOpt = None,
+    workdir: WorkdirOpt = None,
+    minari_root: RootOpt = None,
+    device: DeviceOpt = None,
+) -> None:
+    """Run a policy with the true reward: raw return and normalized return (random 0, expert 1)."""
+    from smiling_pipeline.stages import evaluate as run_evaluate
+
+    p = setup(params, workdir, minari_root, device)
+    p = with_section(p, "ingest", dataset=dataset)
+    p = with_section(p, "evaluate", episodes=episodes, seed=seed)
+    m = run_evaluate(p, say, policy, video)
+    typer.echo(f"{m['policy']} on {m['env_id']}: return {m['return_mean']:.1f} ± {m['return_std']:.1f} over "
+               f"{m['episodes']} episodes, normalized return {m['normalized_return']:.3f} ({m['reference_source']})")
+
+
+@app.command()
+@handles_user_errors
+def report(
+    out: Annotated[Path, typer.Option("--out", help="Folder for the PNGs and summary.md.")] = Path("reports"),
+    dataset: Annotated[Optional[str], typer.Option("--dataset", help="Minari id of the run [params: ingest.dataset].")] = None,
+    params: ParamsOpt = None,
+    workdir: WorkdirOpt = None,
+    minari_root: RootOpt = None,
+) -> None:
+    """Plots (learning curve, cost and DS divergence, score losses) and a markdown summary of a run."""
+    from smiling_pipeline.report import write_report
+
+    p = with_section(setup(params, workdir, minari_root), "ingest", dataset=dataset)
+    typer.echo(f"report written: {write_report(workdir_for(p), out)}")
+
+
+def say(message: str) -> None:
+    """Progress notes go to stderr so stdout stays the command's result."""
+    typer.echo(message, err=True)
 
 
 def main() -> None:

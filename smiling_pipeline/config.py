@@ -7,6 +7,7 @@ the key); CLI options override single fields with :func:`override`.
 from __future__ import annotations
 
 import dataclasses
+import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +24,7 @@ class RuntimeConfig:
     """Where things live and how compute is used."""
 
     minari_root: Optional[str] = None  # None: $MINARI_DATASETS_PATH, else ~/.minari/datasets
-    workdir: str = "data/pipeline"  # every stage writes below this folder
+    workdir: Optional[str] = None  # stages write below this folder; None: data/<dataset id as a folder name>
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     threads: int = 1  # torch intra-op threads; one is fastest for small MLPs on CPU
 
@@ -34,10 +35,10 @@ class DemosConfig:
 
     env_id: str = "InvertedPendulum-v5"
     dataset_id: str = "smiling/invertedpendulum/expert-v0"
-    algorithm: Literal["sac", "ppo"] = "sac"  # ppo is the quicker expert for the pendulums
-    expert_steps: int = 15_000
+    algorithm: Literal["sac", "ppo"] = "ppo"  # PPO is the quicker expert for the pendulums
+    expert_steps: int = 40_000
     expert_net: tuple[int, ...] = (64, 64)
-    episodes: int = 20
+    episodes: int = 10
     random_episodes: int = 100
     policy_path: Optional[str] = None  # an SB3 .zip (of `algorithm`) to record instead of training one
     seed: int = 0
@@ -69,14 +70,15 @@ class ScoreConfig:
     beta_start: float = 1e-4
     beta_end: float = 0.02
     min_signal: float = 0.01  # use t only while sqrt(alpha_bar_t) >= this (the informative range)
-    normalize: bool = True  # standardise inputs with the expert statistics
+    normalize: bool = True  # standardise inputs with the expert statistics ...
+    min_std: float = 0.1  # ... dividing by max(std, min_std): never magnify a feature more than 1/min_std
 
 
 @dataclass(frozen=True)
 class PretrainConfig:
     """Denoising score matching of the expert score model."""
 
-    steps: int = 4_000
+    steps: int = 2_000
     batch_size: int = 1_024
     lr: float = 5e-3
     weight_decay: float = 0.01
@@ -99,20 +101,23 @@ class TrainConfig:
     """Iterative SMILING: SAC on the score-matching reward, learner score refit every iteration."""
 
     algorithm: Literal["sac", "td3", "ddpg"] = "sac"
-    steps: int = 8_000
+    steps: int = 10_000
     iteration_steps: int = 1_000
     learning_starts: int = 1_000
     net: tuple[int, ...] = (64, 64)
     batch_size: int = 256
     lr: float = 3e-4
     gamma: float = 0.99
+    # SAC temperature: learnable from 0.1 as in the paper; SB3's default start of 1.0 swamps rewards
+    # normalised to std 0.1 for thousands of steps.
+    ent_coef: str = "auto_0.1"
     learner_window: Optional[int] = 200_000  # learner states kept for the refit (None: all)
     learner_fit_steps: int = 200
     learner_batch_size: int = 1_024
     learner_lr: float = 5e-3
     eval_every: int = 1_000
     eval_episodes: int = 5
-    checkpoint_every: int = 2_000
+    checkpoint_every: int = 5_000
     seed: int = 0
 
 
@@ -139,15 +144,32 @@ class Params:
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
 
 
+class _Bool:
+    """A YAML boolean given to a number field: no number type accepts it, so dacite names the field."""
+
+    def __init__(self, value: bool):
+        self.value = value
+
+    def __repr__(self) -> str:
+        return repr(self.value)
+
+
 def _to_float(value: Any) -> Any:
-    """YAML reads ``5e-3`` as a string and ``1`` as an int; float fields accept both."""
+    """YAML reads ``5e-3`` as a string and ``1`` as an int; float fields accept both (not booleans)."""
+    if isinstance(value, bool):
+        return _Bool(value)
     try:
-        return float(value) if isinstance(value, (int, str)) and not isinstance(value, bool) else value
+        number = float(value) if isinstance(value, (int, str)) else value
     except ValueError:
         return value
+    return number if not isinstance(number, float) or math.isfinite(number) else value
 
 
-_DACITE = dacite.Config(strict=True, cast=[tuple], type_hooks={float: _to_float})
+def _to_int(value: Any) -> Any:
+    return _Bool(value) if isinstance(value, bool) else value
+
+
+_DACITE = dacite.Config(strict=True, cast=[tuple], type_hooks={float: _to_float, int: _to_int})
 
 
 def params_from_dict(raw: dict[str, Any], source: str = "params") -> Params:
@@ -208,4 +230,4 @@ def _check_keys(raw: dict[str, Any], source: str) -> None:
 
 
 def _type_name(t: Any) -> str:
-    return getattr(t, "__name__", str(t)).replace("typing.", "")
+    return t.__name__ if isinstance(t, type) else str(t).replace("typing.", "")

@@ -26,9 +26,9 @@ from typing import Optional
 import numpy as np
 import torch
 
-from smiling_pipeline.config import CostConfig
+from smiling_pipeline.config import CostConfig, ScoreConfig
 from smiling_pipeline.errors import DataError
-from smiling_pipeline.score import ScoreModel
+from smiling_pipeline.score import FitSettings, ScoreModel, fit
 
 
 def stratified_timesteps(t_max: int, k: int, generator: torch.Generator, device: torch.device) -> torch.Tensor:
@@ -109,7 +109,7 @@ def ds_divergence(
     steps: int = 3_000,
     k: int = 256,
     seed: int = 0,
-    cfg: Optional["ScoreConfig"] = None,
+    cfg: Optional[ScoreConfig] = None,
 ) -> float:
     """Public API: estimate the DS divergence D(P, Q) from two sample arrays.
 
@@ -117,19 +117,16 @@ def ds_divergence(
     over P's samples. Equals E_t E_{x_t~P_t} mean_d || eps_Q - eps_P ||^2 for t uniform on the
     informative range, i.e. (1 - abar_t) / d times the score-form integrand.
     """
-    from smiling_pipeline.config import ScoreConfig
-    from smiling_pipeline.score import FitSettings, ScoreModel as _Model, fit
-
     p = np.asarray(p_samples, dtype=np.float32)
     q = np.asarray(q_samples, dtype=np.float32)
     if p.ndim != 2 or q.ndim != 2 or p.shape[1] != q.shape[1]:
         raise DataError(f"samples must be 2-D arrays with the same number of columns, got {p.shape} and {q.shape}")
     cfg = cfg or ScoreConfig()
     torch.manual_seed(seed)
-    mean, std = p.mean(0), np.maximum(p.std(0), 1e-3)
+    mean, std = p.mean(0), p.std(0)
     models = []
     for i, x in enumerate((p, q)):
-        model = _Model(p.shape[1], cfg, mean, std)
+        model = ScoreModel(p.shape[1], cfg, mean, std)
         fit(model, x, FitSettings(steps=steps), seed=seed + i)
         models.append(model)
     return ds_divergence_of_models(models[0], models[1], p, k=k, seed=seed)

@@ -80,8 +80,8 @@ def _pick(query: str, candidates: list[str], where: str) -> Optional[str]:
     raise UserError(f"{query!r} is ambiguous in the {where} store: {', '.join(sorted(candidates))}; pass one of them")
 
 
-def local_datasets() -> dict[str, dict[str, Any]]:
-    """Metadata of the newest local version of each dataset in the store."""
+def local_datasets(latest: bool = True) -> dict[str, dict[str, Any]]:
+    """Metadata of the local datasets in the store (only the newest version of each by default)."""
     import minari
 
     root = minari_root()
@@ -89,7 +89,7 @@ def local_datasets() -> dict[str, dict[str, Any]]:
         return {}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return minari.list_local_datasets(latest_version=True)
+        return minari.list_local_datasets(latest_version=latest)
 
 
 def remote_host() -> str:
@@ -130,9 +130,9 @@ def remote_datasets(query: Optional[str] = None) -> dict[str, dict[str, Any]]:
 def resolve_dataset(dataset: str, download: bool = True) -> str:
     """Full Minari id (with version) for ``dataset``: newest local, else newest remote (downloaded)."""
     check_dataset_id(dataset)
-    local = [i for i in local_datasets() if _matches(dataset, i)]
-    exact = dataset if dataset in local else None
-    found = exact or _pick(dataset, local, "local")
+    if _VERSION_RE.match(dataset) and dataset in local_datasets(latest=False):
+        return dataset  # an explicit version, even when a newer one exists
+    found = _pick(dataset, [i for i in local_datasets() if _matches(dataset, i)], "local")
     if found:
         return found
     root = minari_root()

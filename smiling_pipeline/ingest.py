@@ -8,6 +8,7 @@ state-action variant), ``mean``, ``std`` (of the training inputs, for normalisat
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import warnings
@@ -23,9 +24,6 @@ from smiling_pipeline.config import IngestConfig, as_dict
 from smiling_pipeline.demos import check_box_spaces, load_dataset, resolve_dataset
 from smiling_pipeline.errors import DataError, UserError
 from smiling_pipeline.io import atomic_dir, write_json
-
-STD_FLOOR = 1e-3  # constant features (e.g. always-zero contact forces) would otherwise divide by zero
-
 
 @dataclass(frozen=True)
 class ExpertData:
@@ -76,21 +74,29 @@ def check_against_env(dataset: Any, states: np.ndarray, actions: np.ndarray) -> 
             f"{dataset_id}: stored arrays have shapes {states.shape[1:]} / {actions.shape[1:]} but the dataset "
             f"declares {obs_shape} / {act_shape}"
         )
-    spec = dataset.spec.env_spec
-    if spec is None:
-        return
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            env = gym.make(spec)
-    except Exception:  # environment not installed here: nothing to compare against
+    env = _make_env(dataset.spec.env_spec)
+    if env is None:  # no spec, or the environment is not installed here: nothing to compare against
         return
     if env.observation_space.shape != obs_shape or env.action_space.shape != act_shape:
         raise DataError(
-            f"{dataset_id}: observations {obs_shape} / actions {act_shape} do not match its environment {spec.id} "
+            f"{dataset_id}: observations {obs_shape} / actions {act_shape} do not match its environment {env.spec.id} "
             f"({env.observation_space.shape} / {env.action_space.shape})"
         )
     env.close()
+
+
+def _make_env(spec: Optional[gym.envs.registration.EnvSpec]) -> Optional[gym.Env]:
+    """The dataset's environment, without recorded wrappers that cannot be rebuilt here; None if unavailable."""
+    if spec is None:
+        return None
+    for candidate in (spec, dataclasses.replace(spec, additional_wrappers=())):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                return gym.make(candidate)
+        except Exception:  # unknown env id or wrapper entry point
+            continue
+    return None
 
 
 def split(rows: np.ndarray, cfg: IngestConfig, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -138,7 +144,7 @@ def ingest(cfg: IngestConfig, out_dir: Path) -> dict[str, Any]:
     rows = np.concatenate([states, actions], axis=1) if cfg.with_actions else states
     train, val = split(rows.astype(np.float32), cfg, np.random.default_rng(cfg.seed))
     mean = train.mean(axis=0)
-    std = np.maximum(train.std(axis=0), STD_FLOOR)
+    std = train.std(axis=0)  # raw; the score model floors it (score.min_std)
     arrays = {"train": train, "val": val, "mean": mean, "std": std}
     metadata = dataset.storage.metadata
     spec = dataset.spec.env_spec

@@ -77,7 +77,8 @@ class ScoreModel(nn.Module):
         self.net = nn.Sequential(*layers)
         use_stats = cfg.normalize and mean is not None and std is not None
         self.register_buffer("mean", torch.as_tensor(mean if use_stats else np.zeros(dim), dtype=torch.float32))
-        self.register_buffer("std", torch.as_tensor(std if use_stats else np.ones(dim), dtype=torch.float32))
+        scale = np.maximum(std, cfg.min_std) if use_stats else np.ones(dim)
+        self.register_buffer("std", torch.as_tensor(scale, dtype=torch.float32))
         abar = alphas_bar(cfg)
         self.register_buffer("sqrt_ab", abar.sqrt().float())
         self.register_buffer("sqrt_1mab", (1 - abar).sqrt().float())
@@ -105,7 +106,10 @@ class ScoreModel(nn.Module):
 
     def fresh_copy(self) -> "ScoreModel":
         """Same architecture and statistics, new weights (e.g. the learner model at the start)."""
-        return ScoreModel(self.dim, self.cfg, self.mean.cpu().numpy(), self.std.cpu().numpy()).to(self.mean.device)
+        copy = ScoreModel(self.dim, self.cfg).to(self.mean.device)
+        copy.mean.copy_(self.mean)
+        copy.std.copy_(self.std)
+        return copy
 
 
 @dataclass
@@ -206,7 +210,7 @@ def fit_score_model(
     x = np.asarray(x, dtype=np.float32)
     _check_rows(x, "x")
     torch.manual_seed(seed)
-    model = ScoreModel(x.shape[1], cfg, x.mean(0), np.maximum(x.std(0), 1e-3)).to(device)
+    model = ScoreModel(x.shape[1], cfg, x.mean(0), x.std(0)).to(device)
     fit(model, x, FitSettings(steps=steps, batch_size=batch_size, lr=lr), seed=seed, val=val)
     return model
 

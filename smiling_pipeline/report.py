@@ -1,0 +1,93 @@
+"""Plots and the markdown summary in ``reports/`` (matplotlib, headless)."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Any, Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from smiling_pipeline.errors import UserError  # noqa: E402
+from smiling_pipeline.io import atomic_file  # noqa: E402
+
+Curve = Sequence[tuple[float, float]]
+
+
+def plot_curves(path: Path, title: str, xlabel: str, ylabel: str, curves: dict[str, Curve],
+                hline: float | None = None, logy: bool = False) -> Path:
+    """One PNG with a line per named curve of (x, y) points."""
+    fig, ax = plt.subplots(figsize=(6, 3.6), dpi=110)
+    for label, points in curves.items():
+        if points:
+            xs, ys = zip(*points)
+            ax.plot(xs, ys, marker="o" if len(xs) < 30 else None, ms=3, label=label)
+    if hline is not None:
+        ax.axhline(hline, color="grey", ls="--", lw=1)
+    if logy:
+        ax.set_yscale("log")
+    ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
+    ax.grid(alpha=0.3)
+    if len(curves) > 1:
+        ax.legend()
+    fig.tight_layout()
+    with atomic_file(path) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+    return path
+
+
+def _read_csv(path: Path) -> list[dict[str, float]]:
+    with open(path, newline="") as f:
+        return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
+
+
+def _read_json(path: Path) -> Any:
+    return json.loads(path.read_text())
+
+
+def write_report(workdir: Path, reports: Path) -> Path:
+    """Learning curve, cost/DS-divergence and score-loss plots plus ``summary.md`` from a run's outputs."""
+    needed = [workdir / "train" / "learning_curve.csv", workdir / "train" / "iterations.csv",
+              workdir / "train" / "metrics.json", workdir / "pretrain" / "loss.json"]
+    missing = [str(p) for p in needed if not p.is_file()]
+    if missing:
+        raise UserError(f"cannot report: missing {', '.join(missing)}; run `smiling-cli train` first")
+    curve = _read_csv(needed[0])
+    iters = _read_csv(needed[1])
+    train = _read_json(needed[2])
+    loss = _read_json(needed[3])
+    evaluation = workdir / "evaluate" / "metrics.json"
+    final = _read_json(evaluation) if evaluation.is_file() else None
+    dataset = train["dataset_id"]
+
+    plot_curves(reports / "learning_curve.png", f"SMILING on {dataset}", "env steps", "normalized return",
+                {"SMILING (evaluation episodes)": [(r["env_steps"], r["normalized_return"]) for r in curve]}, hline=1.0)
+    plot_curves(reports / "cost.png", "Cost during training", "iteration", "mean unnormalised reward",
+                {"DS divergence estimate (mean reward on expert states)": [(r["iteration"], r["ds_divergence"]) for r in iters],
+                 "mean reward on learner states": [(r["iteration"], r["reward_mean_learner"]) for r in iters]},
+                hline=0.0)
+    plot_curves(reports / "score_losses.png", "Score-model denoising losses", "step / iteration", "loss",
+                {"expert pretraining (train)": loss["train"], "expert pretraining (validation)": loss["val"],
+                 "learner refit (per iteration)": [(r["iteration"], r["learner_loss"]) for r in iters]}, logy=True)
+    lines = [
+        f"# SMILING run on `{dataset}`",
+        "",
+        f"- Environment: `{train['env_id']}`, {int(train['env_steps'])} env steps, {int(train['iterations'])} learner refits",
+        f"- Final normalized return during training: **{train['final_normalized_return']:.3f}** "
+        f"(best {train['best_normalized_return']:.3f})",
+    ]
+    if final:
+        lines.append(f"- Final evaluation ({final['episodes']} episodes): return {final['return_mean']:.1f} ± "
+                     f"{final['return_std']:.1f}, normalized return **{final['normalized_return']:.3f}** "
+                     f"({final['reference_source']}: random {final['reference_random']:.1f}, expert {final['reference_expert']:.1f})")
+    lines += [f"- MLflow train run: `{train['mlflow_run_id']}`, policy `{train['policy_uri']}`", "",
+              "![learning curve](learning_curve.png)", "", "![cost](cost.png)", "", "![score losses](score_losses.png)", ""]
+    summary = reports / "summary.md"
+    with atomic_file(summary) as tmp:
+        tmp.write_text("\n".join(lines))
+    return summary

@@ -1,0 +1,138 @@
+"""MLflow tracking: one store per repository (also from DVC experiment copies), one experiment per dataset.
+
+The store is ``$MLFLOW_TRACKING_URI`` or ``sqlite:///<repo>/mlflow.db`` with artifacts in
+``<repo>/mlruns``, where ``<repo>`` is the repository even when DVC runs a queued experiment in a
+copy under ``.dvc/tmp/exps/``. Creating the store and experiments happens under a file lock,
+because several processes creating a fresh sqlite store at once fail.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import subprocess
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator, Optional
+from urllib.parse import urlparse
+
+from smiling_pipeline.errors import UserError
+
+_EXPS_MARK = os.sep + os.path.join(".dvc", "tmp", "exps") + os.sep
+
+
+def repo_root(start: Optional[Path] = None) -> Path:
+    """The project folder: the nearest parent holding ``.dvc`` outside DVC's experiment copies."""
+    here = (start or Path.cwd()).resolve()
+    text = str(here) + os.sep
+    if _EXPS_MARK in text:
+        return Path(text.split(_EXPS_MARK)[0])
+    for folder in (here, *here.parents):
+        if (folder / ".dvc").is_dir():
+            return folder
+    return here
+
+
+def tracking_uri() -> str:
+    """``$MLFLOW_TRACKING_URI`` or the repository's sqlite store."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{repo_root() / 'mlflow.db'}"
+
+
+def check_store(uri: str, timeout: float = 3.0) -> None:
+    """Fail fast (before any training) when the tracking store cannot be used."""
+    parsed = urlparse(uri)
+    if parsed.scheme in ("http", "https"):
+        import requests
+
+        try:
+            requests.get(uri.rstrip("/") + "/health", timeout=timeout).raise_for_status()
+        except Exception as e:
+            raise UserError(f"MLflow tracking server {uri} is unreachable ({e.__class__.__name__}); "
+                            "start it or unset MLFLOW_TRACKING_URI") from e
+    elif parsed.scheme == "sqlite":
+        folder = Path(uri[len("sqlite:///"):]).parent
+        if not folder.is_dir() or not os.access(folder, os.W_OK):
+            raise UserError(f"MLflow store {uri}: folder {folder} is missing or not writable")
+    elif parsed.scheme in ("", "file"):
+        raise UserError(f"MLflow file stores are deprecated; use sqlite:///path/mlflow.db instead of {uri}")
+
+
+def _git_commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                              cwd=repo_root()).stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+@contextmanager
+def _store_lock() -> Iterator[None]:
+    """Serialise store creation across processes (sqlite schema creation is not concurrent-safe)."""
+    lock = repo_root() / ".mlflow.lock" if not os.environ.get("MLFLOW_TRACKING_URI") else Path.home() / ".smiling-mlflow.lock"
+    with open(lock, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def experiment_id(dataset_id: str) -> str:
+    """The experiment named after the dataset, created (with artifacts in ``<repo>/mlruns``) if needed."""
+    import mlflow
+
+    uri = tracking_uri()
+    check_store(uri)
+    mlflow.set_tracking_uri(uri)
+    with _store_lock():
+        exp = mlflow.get_experiment_by_name(dataset_id)
+        if exp is not None:
+            return exp.experiment_id
+        location = (repo_root() / "mlruns").as_uri() if uri.startswith("sqlite:") else None
+        return mlflow.create_experiment(dataset_id, artifact_location=location)
+
+
+@contextmanager
+def run(stage: str, dataset_id: str, params: dict[str, Any], tags: Optional[dict[str, str]] = None,
+        run_id: Optional[str] = None) -> Iterator[Any]:
+    """An MLflow run of ``stage`` on ``dataset_id`` with the settings as params and standard tags.
+
+    A failed stage ends its run as FAILED, so the UI never shows a half-finished run as finished.
+    """
+    import mlflow
+
+    exp = experiment_id(dataset_id)
+    all_tags = {"stage": stage, "dataset": dataset_id, "git_commit": _git_commit(), **(tags or {})}
+    with mlflow.start_run(experiment_id=exp, run_id=run_id, run_name=None if run_id else stage, tags=all_tags) as active:
+        if run_id is None:
+            mlflow.log_params(_flatten(params))
+        yield active
+
+
+def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+PIP_REQUIREMENTS = ["torch", "numpy", "smiling-pipeline"]
+
+
+def log_torch_model(model: Any, name: str) -> str:
+    """Log an ``nn.Module`` as an MLflow model (pickle format, explicit requirements: fast); returns its URI."""
+    import mlflow.pytorch
+
+    info = mlflow.pytorch.log_model(model, name=name, serialization_format="pickle", pip_requirements=PIP_REQUIREMENTS)
+    return info.model_uri
+
+
+def log_metrics(metrics: dict[str, float], step: int) -> None:
+    """Log finite metrics at ``step`` (skips None)."""
+    import mlflow
+
+    mlflow.log_metrics({k: float(v) for k, v in metrics.items() if v is not None}, step=step)
