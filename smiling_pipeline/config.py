@@ -101,7 +101,7 @@ class TrainConfig:
     """Iterative SMILING: SAC on the score-matching reward, learner score refit every iteration."""
 
     algorithm: Literal["sac", "td3", "ddpg"] = "sac"
-    steps: int = 10_000
+    steps: int = 12_000
     iteration_steps: int = 1_000
     learning_starts: int = 1_000
     net: tuple[int, ...] = (64, 64)
