@@ -19,7 +19,7 @@ Curve = Sequence[tuple[float, float]]
 
 
 def plot_curves(path: Path, title: str, xlabel: str, ylabel: str, curves: dict[str, Curve],
-                hline: float | None = None, logy: bool = False) -> Path:
+                hline: float | None = None, yscale: str = "linear") -> Path:
     """One PNG with a line per named curve of (x, y) points."""
     fig, ax = plt.subplots(figsize=(6, 3.6), dpi=110)
     for label, points in curves.items():
@@ -28,8 +28,7 @@ def plot_curves(path: Path, title: str, xlabel: str, ylabel: str, curves: dict[s
             ax.plot(xs, ys, marker="o" if len(xs) < 30 else None, ms=3, label=label)
     if hline is not None:
         ax.axhline(hline, color="grey", ls="--", lw=1)
-    if logy:
-        ax.set_yscale("log")
+    ax.set_yscale(yscale)
     ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
     ax.grid(alpha=0.3)
     if len(curves) > 1:
@@ -53,27 +52,28 @@ def _read_json(path: Path) -> Any:
 def write_report(workdir: Path, reports: Path) -> Path:
     """Learning curve, cost/DS-divergence and score-loss plots plus ``summary.md`` from a run's outputs."""
     needed = [workdir / "train" / "learning_curve.csv", workdir / "train" / "iterations.csv",
-              workdir / "train" / "metrics.json", workdir / "pretrain" / "loss.json"]
+              workdir / "train" / "metrics.json", workdir / "train" / "run.json", workdir / "pretrain" / "loss.json"]
     missing = [str(p) for p in needed if not p.is_file()]
     if missing:
         raise UserError(f"cannot report: missing {', '.join(missing)}; run `smiling-cli train` first")
     curve = _read_csv(needed[0])
     iters = _read_csv(needed[1])
-    train = _read_json(needed[2])
-    loss = _read_json(needed[3])
-    evaluation = workdir / "evaluate" / "metrics.json"
-    final = _read_json(evaluation) if evaluation.is_file() else None
+    train = {**_read_json(needed[2]), **_read_json(needed[3])}
+    loss = _read_json(needed[4])
+    evaluation = workdir / "evaluate"
+    final = ({**_read_json(evaluation / "metrics.json"), **_read_json(evaluation / "run.json")}
+             if (evaluation / "run.json").is_file() else None)
     dataset = train["dataset_id"]
 
     plot_curves(reports / "learning_curve.png", f"SMILING on {dataset}", "env steps", "normalized return",
                 {"SMILING (evaluation episodes)": [(r["env_steps"], r["normalized_return"]) for r in curve]}, hline=1.0)
-    plot_curves(reports / "cost.png", "Cost during training", "iteration", "mean unnormalised reward",
-                {"DS divergence estimate (mean reward on expert states)": [(r["iteration"], r["ds_divergence"]) for r in iters],
-                 "mean reward on learner states": [(r["iteration"], r["reward_mean_learner"]) for r in iters]},
-                hline=0.0)
+    plot_curves(reports / "cost.png", "SMILING reward during training", "iteration", "mean unnormalised reward (symlog)",
+                {"on expert states (= DS divergence estimate)": [(r["iteration"], r["ds_divergence"]) for r in iters],
+                 "on learner states": [(r["iteration"], r["reward_mean_learner"]) for r in iters]},
+                hline=0.0, yscale="symlog")
     plot_curves(reports / "score_losses.png", "Score-model denoising losses", "step / iteration", "loss",
                 {"expert pretraining (train)": loss["train"], "expert pretraining (validation)": loss["val"],
-                 "learner refit (per iteration)": [(r["iteration"], r["learner_loss"]) for r in iters]}, logy=True)
+                 "learner refit (per iteration)": [(r["iteration"], r["learner_loss"]) for r in iters]}, yscale="log")
     lines = [
         f"# SMILING run on `{dataset}`",
         "",

@@ -105,7 +105,7 @@ class SmilingReplayBuffer(ReplayBuffer):
         obs = torch.as_tensor(self.observations[idx, 0, :])
         acts = torch.as_tensor(self.actions[idx, 0, :])
         action_space = self.cost.action_space if self.cost else None
-        return score_inputs(obs, acts, action_space).numpy()
+        return score_inputs(obs, acts, action_space).float().numpy()
 
 
 @dataclass
@@ -115,9 +115,8 @@ class IterationStats:
     iteration: int
     env_steps: int
     learner_loss: float
-    ds_divergence: float
+    ds_divergence: float  # mean reward on expert states
     reward_mean_learner: float
-    reward_mean_expert: float
 
 
 class LearnerRefit(BaseCallback):
@@ -160,7 +159,6 @@ class LearnerRefit(BaseCallback):
             learner_loss=history.train[-1][1],
             ds_divergence=float(self.cost.rewards(self.expert_val).mean()),
             reward_mean_learner=float(self.cost.rewards(sample).mean()),
-            reward_mean_expert=float(self.cost.rewards(self.expert_val).mean()),
         )
         if self.on_iteration:
             self.on_iteration(stats)

@@ -90,8 +90,8 @@ class ScoreModel(nn.Module):
         return self.net(torch.cat([x_t, temb], dim=-1))
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
-        """Raw inputs -> the normalised space the model diffuses."""
-        return (x - self.mean) / self.std
+        """Raw inputs (any float dtype, any device) -> the normalised space the model diffuses."""
+        return (x.to(self.mean) - self.mean) / self.std
 
     def diffuse(self, x0: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
         """Forward process ``x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps`` (normalised x_0)."""

@@ -76,22 +76,21 @@ def pretrain(p: Params, say: Say) -> dict[str, Any]:
         )
         save_model(model, out / "expert_score.pt", extra={"dataset_id": dataset_id, "content_hash": data.meta["content_hash"]})
         plot = plot_curves(out / "loss.png", f"Expert score model: {dataset_id}", "step",
-                           "denoising loss", {"train": history.train, "validation": history.val}, logy=True)
+                           "denoising loss", {"train": history.train, "validation": history.val}, yscale="log")
         import mlflow
 
         mlflow.log_artifact(str(plot))
         uri = tracking.log_torch_model(model.cpu(), "expert_score_model")
         metrics = {
-            "dataset_id": dataset_id,
             "final_train_loss": history.train[-1][1],
             "final_val_loss": history.val[-1][1] if history.val else None,
             "steps": cfg.steps,
-            "model_uri": uri,
-            "mlflow_run_id": run.info.run_id,
         }
+        info = {"dataset_id": dataset_id, "model_uri": uri, "mlflow_run_id": run.info.run_id}
         write_json(out / "metrics.json", metrics)
+        write_json(out / "run.json", info)
         write_json(out / "loss.json", {"train": history.train, "val": history.val})
-    return metrics
+    return {**metrics, **info}
 
 
 def load_expert_model(p: Params, say: Say) -> tuple[ExpertData, ScoreModel]:
@@ -130,7 +129,10 @@ def evaluate(p: Params, say: Say, policy_ref: Optional[str] = None, video: Optio
         result = evaluate_policy(act, env_id, refs, cfg.episodes, cfg.seed, video_dir=out / "video" if record else None)
         tracking.log_metrics({"normalized_return": result.normalized_return, "return_mean": result.return_mean,
                               "return_std": result.return_std}, step=0)
-        metrics = {"dataset_id": dataset_id, "env_id": env_id, "policy": ref, "mlflow_run_id": run.info.run_id,
-                   "reference_random": refs.random, "reference_expert": refs.expert, **result.as_dict()}
+        numbers = {k: v for k, v in result.as_dict().items() if k != "reference_source"}
+        metrics = {**numbers, "reference_random": refs.random, "reference_expert": refs.expert}
+        info = {"dataset_id": dataset_id, "env_id": env_id, "policy": ref, "mlflow_run_id": run.info.run_id,
+                "reference_source": refs.source}
         write_json(out / "metrics.json", metrics)
-    return metrics
+        write_json(out / "run.json", info)
+    return {**metrics, **info}

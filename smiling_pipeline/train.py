@@ -64,8 +64,7 @@ class Monitor(BaseCallback):
     def on_iteration(self, stats: IterationStats) -> None:
         self.iterations.append(stats)
         tracking.log_metrics({"learner_loss": stats.learner_loss, "ds_divergence": stats.ds_divergence,
-                              "reward_mean_learner": stats.reward_mean_learner,
-                              "reward_mean_expert": stats.reward_mean_expert}, stats.env_steps)
+                              "reward_mean_learner": stats.reward_mean_learner}, stats.env_steps)
 
     def evaluate(self) -> EvalResult:
         result = evaluate_policy(policy_fn(self.model.policy, self.env_id), self.env_id, self.refs,
@@ -97,9 +96,11 @@ class Monitor(BaseCallback):
     def _on_training_end(self) -> None:
         if self.bar is not None:
             self.bar.close()
+        self.checkpoint()  # the final state too, so a finished run can be continued
 
     def checkpoint(self) -> None:
-        """Policy and optimisers, replay buffer, learner model and its optimizer, counters: written whole."""
+        """Policy and optimisers, replay buffer, learner model and its optimizer, counters: written whole,
+        replacing the previous checkpoint only once complete."""
         with atomic_dir(self.out / "checkpoint") as tmp:
             self.model.save(tmp / "model.zip")
             self.model.save_replay_buffer(tmp / "replay_buffer.pkl")
@@ -158,25 +159,28 @@ def train(p: Params, say: Say) -> dict[str, Any]:
         model.learn(cfg.steps, callback=CallbackList([refit, monitor]))
         final = monitor.curve[-1]
         metrics = {
-            "dataset_id": dataset_id,
-            "env_id": env_id,
             "env_steps": cfg.steps,
             "final_normalized_return": final["normalized_return"],
             "best_normalized_return": max(r["normalized_return"] for r in monitor.curve),
             "reward_evaluations": cost.evaluations,
             "iterations": refit.iteration,
-            "mlflow_run_id": run.info.run_id,
         }
         model.save(out / "policy.zip")
         save_model(cost.learner, out / "learner_score.pt")
-        metrics["policy_uri"] = tracking.log_torch_model(model.policy.cpu(), "policy")
-        metrics["learner_score_uri"] = tracking.log_torch_model(cost.learner.cpu(), "learner_score_model")
+        info = {
+            "dataset_id": dataset_id,
+            "env_id": env_id,
+            "mlflow_run_id": run.info.run_id,
+            "policy_uri": tracking.log_torch_model(model.policy.cpu(), "policy"),
+            "learner_score_uri": tracking.log_torch_model(cost.learner.cpu(), "learner_score_model"),
+        }
         _write_csv(out / "learning_curve.csv", monitor.curve)
         _write_csv(out / "iterations.csv", [vars(s) for s in monitor.iterations])
         write_json(out / "metrics.json", metrics)
+        write_json(out / "run.json", info)
         plot = plot_curves(out / "learning_curve.png", f"SMILING on {dataset_id}", "env steps", "normalized return",
                            {"SMILING": [(r["env_steps"], r["normalized_return"]) for r in monitor.curve]}, hline=1.0)
         import mlflow
 
         mlflow.log_artifact(str(plot))
-    return metrics
+    return {**metrics, **info}

@@ -155,5 +155,26 @@ def _hermetic(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """No test touches the real Minari remote, the user's store or a params.yaml in the repo."""
     monkeypatch.setenv("HF_ENDPOINT", UNREACHABLE_ENDPOINT)
     monkeypatch.delenv("MINARI_REMOTE", raising=False)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path / "default-store"))
     monkeypatch.chdir(tmp_path)
+
+
+DEMOS_DATASET = "smiling/invertedpendulum/expert-v0"
+DEMOS_EPISODES = 5
+
+
+@pytest.fixture(scope="session")
+def recorded(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """Train PPO for 40k true-reward steps on InvertedPendulum-v5 and record a real expert dataset
+    (the only expert training of the suite, ~25 s; tests that change the store copy it first)."""
+    base = tmp_path_factory.mktemp("demos")
+    store, workdir = base / "store", base / "w"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MINARI_DATASETS_PATH", str(store))
+        mp.setenv("HF_ENDPOINT", UNREACHABLE_ENDPOINT)
+        mp.chdir(base)
+        run = run_cli(["demos", "--env", "InvertedPendulum-v5", "--dataset-id", DEMOS_DATASET, "--algorithm", "ppo",
+                       "--expert-steps", "40000", "--episodes", str(DEMOS_EPISODES), "--random-episodes", "20",
+                       "--device", "cpu", "--workdir", workdir, "--seed", "0"])
+    return {"run": run, "store": store, "workdir": workdir}

@@ -13,29 +13,16 @@ import gymnasium as gym
 import numpy as np
 import pytest
 
-from conftest import UNREACHABLE_ENDPOINT, assert_user_error, make_dataset, minari_store, run_cli, tree
+from conftest import (
+    DEMOS_DATASET as DATASET, DEMOS_EPISODES as EPISODES, assert_user_error, make_dataset,
+    minari_store, run_cli, tree,
+)
 
 pytestmark = pytest.mark.timeout(300)
 
-DATASET = "smiling/invertedpendulum/expert-v0"
 ENV = "InvertedPendulum-v5"
-EPISODES, RANDOM_EPISODES = 5, 20
+RANDOM_EPISODES = 20
 MAX_RETURN = 1000.0  # InvertedPendulum-v5: reward 1 per step, 1000 steps
-
-
-@pytest.fixture(scope="module")
-def recorded(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    """Train PPO for 40k true-reward steps and record the dataset (the only training run of the suite)."""
-    base = tmp_path_factory.mktemp("demos")
-    store, workdir = base / "store", base / "w"
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("MINARI_DATASETS_PATH", str(store))
-        mp.setenv("HF_ENDPOINT", UNREACHABLE_ENDPOINT)
-        mp.chdir(base)
-        run = run_cli(["demos", "--env", ENV, "--dataset-id", DATASET, "--algorithm", "ppo", "--expert-steps", "40000",
-                       "--episodes", str(EPISODES), "--random-episodes", str(RANDOM_EPISODES), "--device", "cpu",
-                       "--workdir", workdir, "--seed", "0"])
-    return {"run": run, "store": store, "workdir": workdir}
 
 
 def open_dataset(store: Path, dataset_id: str = DATASET):
