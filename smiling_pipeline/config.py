@@ -90,7 +90,7 @@ class PretrainConfig:
 class CostConfig:
     """The SMILING reward estimator (see ``cost.py`` for why these defaults)."""
 
-    timesteps: int = 16  # K: stratified timesteps per state
+    timesteps: int = 32  # K: stratified timesteps shared by a batch (reports/cost_estimator.md)
     antithetic: bool = True
     reward_norm: Literal["batch", "none"] = "batch"
     reward_std: float = 0.1

@@ -119,8 +119,24 @@ def test_stratified_timesteps_and_antithetic_noise():
     g = torch.Generator().manual_seed(0)
     t = stratified_timesteps(1000, 10, g, torch.device("cpu"))
     assert torch.equal(t // 100, torch.arange(10))  # exactly one per stratum
-    eps = antithetic_noise(6, 5, 3, True, g, torch.device("cpu"))
-    assert torch.equal(eps[1::2], -eps[0::2])
+    eps = antithetic_noise(6, 3, True, g, torch.device("cpu"))
+    assert eps.shape == (6, 3) and torch.equal(eps[1::2], -eps[0::2])
+
+
+@pytest.mark.parametrize("cfg", [ScoreConfig(hidden=32), ScoreConfig(hidden=16, depth=2), ScoreConfig(linear=True)])
+def test_grid_errors_equal_the_plain_computation(cfg):
+    """The split-first-layer evaluation gives what diffusing every (state, timestep) row would."""
+    model = ScoreModel(3, cfg, np.ones(3), np.full(3, 2.0))
+    x0 = model.normalize(torch.randn(7, 3))
+    t = torch.tensor([0, 5, 300, 2000, 17])
+    eps = torch.randn(5, 3)
+    with torch.no_grad():
+        fast = model.grid_errors(x0, t, eps, chunk_rows=14)  # several chunks
+        rows_x = x0.repeat(5, 1)
+        rows_t = t.repeat_interleave(7)
+        rows_e = eps.repeat_interleave(7, dim=0)
+        plain = ((model(model.diffuse(rows_x, rows_t, rows_e), rows_t) - rows_e) ** 2).mean(1).view(5, 7).sum(0)
+    assert torch.allclose(fast, plain, rtol=1e-5, atol=1e-6)
 
 
 def test_reward_rejects_mismatched_inputs():
