@@ -60,7 +60,7 @@ def _quiet_libraries() -> None:
     for module in ("minari", "gymnasium", "stable_baselines3", "mlflow", "jax"):
         warnings.filterwarnings("ignore", module=module)
     warnings.filterwarnings("ignore", category=UserWarning)
-    logging.getLogger("mlflow").setLevel(logging.ERROR)
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "ERROR")  # read when mlflow is first imported
     logging.getLogger("alembic").setLevel(logging.ERROR)
     os.environ.setdefault("MUJOCO_GL", "egl")
 
@@ -225,6 +225,8 @@ def train(
     linear: Annotated[Optional[bool], typer.Option("--linear/--nonlinear", help="Linear score networks (ablation).")] = None,
     eval_every: Annotated[Optional[int], typer.Option("--eval-every", min=1, help="Env steps between evaluations.")] = None,
     eval_episodes: Annotated[Optional[int], typer.Option("--eval-episodes", min=1, help="Episodes per evaluation.")] = None,
+    checkpoint_every: Annotated[Optional[int], typer.Option("--checkpoint-every", min=1, help="Env steps between checkpoints.")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue from the last checkpoint in the workdir (same settings).")] = False,
     seed: SeedOpt = None,
     params: ParamsOpt = None,
     workdir: WorkdirOpt = None,
@@ -239,8 +241,8 @@ def train(
     p = with_section(p, "ingest", dataset=dataset, with_actions=with_actions)
     p = with_section(p, "score", linear=linear)
     p = with_section(p, "train", steps=steps, algorithm=algorithm, eval_every=eval_every, eval_episodes=eval_episodes,
-                     seed=seed)
-    m = run_train(p, say)
+                     checkpoint_every=checkpoint_every, seed=seed)
+    m = run_train(p, say, resume=resume)
     typer.echo(f"SMILING on {m['dataset_id']}: normalized return {m['final_normalized_return']:.3f} after "
                f"{m['env_steps']} env steps (best {m['best_normalized_return']:.3f}) -> {workdir_for(p) / 'train'}")
 
@@ -291,9 +293,22 @@ def say(message: str) -> None:
 
 
 def main() -> None:
-    """Console-script entry point."""
-    app()
+    """Console-script entry point: usage errors (bad or out-of-range options) are one line too."""
+    try:
+        from typer._click import exceptions as click_errors  # Typer >= 0.2x vendors click
+    except ImportError:  # older Typer uses click itself
+        from click import exceptions as click_errors  # type: ignore[no-redef]
+
+    try:
+        code = app(standalone_mode=False)
+    except click_errors.ClickException as e:
+        if e.format_message():  # empty when the help was shown for a bare `smiling-cli`
+            typer.echo(f"error: {e.format_message()} (see --help)", err=True)
+        sys.exit(e.exit_code)
+    except click_errors.Abort:
+        sys.exit(130)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

@@ -28,6 +28,17 @@ def _writable_parent(path: Path) -> Path:
     return parent
 
 
+def check_writable(folder: Path) -> None:
+    """Fail before any work when ``folder`` could not be created or written; creates nothing."""
+    existing = folder.absolute()
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UserError(f"cannot create output folder {folder}: {existing} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(f"output folder {folder} is not writable ({existing} is read-only)")
+
+
 @contextmanager
 def atomic_dir(target: Path) -> Iterator[Path]:
     """Yield a temporary sibling folder; on success it replaces ``target``, on error it is removed."""

@@ -78,6 +78,12 @@ class SmilingReplayBuffer(ReplayBuffer):
         self._cache = np.zeros(self.buffer_size, dtype=np.float32)
         self._cache_version = np.full(self.buffer_size, -1, dtype=np.int64)
 
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickle (``save_replay_buffer``) without the score models: they are saved on their own."""
+        state = dict(self.__dict__)
+        state.pop("cost", None)
+        return state
+
     def add(self, *args: Any, **kwargs: Any) -> None:
         self._cache_version[self.pos] = -1  # the slot is about to hold a new transition
         super().add(*args, **kwargs)

@@ -248,8 +248,8 @@ def save_model(model: ScoreModel, path: Path, extra: Optional[dict[str, Any]] = 
                     "extra": extra or {}}, tmp)
 
 
-def load_model(path: Path, device: str | torch.device = "cpu") -> ScoreModel:
-    """Inverse of :func:`save_model`; corrupted or foreign files are user errors."""
+def load_model(path: Path, device: str | torch.device = "cpu") -> tuple[ScoreModel, dict[str, Any]]:
+    """Inverse of :func:`save_model`: the model and its ``extra`` record; corrupted or foreign files are user errors."""
     from smiling_pipeline.config import params_from_dict
 
     if not Path(path).is_file():
@@ -264,4 +264,4 @@ def load_model(path: Path, device: str | torch.device = "cpu") -> ScoreModel:
     except Exception as e:
         raise UserError(f"score model {path} is unreadable ({e.__class__.__name__}); run pretrain again") from e
     model.eval()
-    return model
+    return model, blob.get("extra", {})

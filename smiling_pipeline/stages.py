@@ -12,7 +12,7 @@ from smiling_pipeline import tracking
 from smiling_pipeline.config import Params, as_dict
 from smiling_pipeline.errors import UserError
 from smiling_pipeline.ingest import ExpertData, ingest, load_expert_data
-from smiling_pipeline.io import write_json
+from smiling_pipeline.io import check_writable, write_json
 from smiling_pipeline.report import plot_curves
 from smiling_pipeline.runtime import resolve_device, seed_everything
 from smiling_pipeline.score import FitSettings, ScoreModel, fit, load_model, save_model
@@ -32,6 +32,7 @@ def workdir(p: Params) -> Path:
 
 def ensure_ingested(p: Params, say: Say) -> ExpertData:
     """The ingested expert data for ``p.ingest``; ingests first when missing or made from another dataset."""
+    check_writable(workdir(p))
     folder = workdir(p) / "ingest"
     if (folder / "meta.json").is_file():
         data = load_expert_data(folder)
@@ -56,12 +57,12 @@ def _dvc_tags(extra: dict[str, Any]) -> dict[str, str]:
 
 def pretrain(p: Params, say: Say) -> dict[str, Any]:
     """Fit the expert score model on the ingested expert data; log curves and the model to MLflow."""
-    data = ensure_ingested(p, say)
-    device = resolve_device(p.runtime.device)
     cfg = p.pretrain
     if cfg.steps < 1 or cfg.batch_size < 1 or cfg.eval_every < 1:
         raise UserError("pretrain.steps, batch_size and eval_every must be at least 1")
     tracking.check_store(tracking.tracking_uri())
+    data = ensure_ingested(p, say)
+    device = resolve_device(p.runtime.device)
     seed_everything(cfg.seed)
     model = ScoreModel(data.dim, p.score, data.mean, data.std).to(device)
     out = workdir(p) / "pretrain"
@@ -100,10 +101,11 @@ def load_expert_model(p: Params, say: Say) -> tuple[ExpertData, ScoreModel]:
     if not path.is_file():
         say(f"no expert score model at {path}; pretraining first")
         pretrain(p, say)
-    model = load_model(path, resolve_device(p.runtime.device))
-    if model.dim != data.dim:
-        raise UserError(f"expert score model {path} has input dim {model.dim} but the data has {data.dim}; "
-                        "it was trained on another dataset or variant: run pretrain again")
+    model, extra = load_model(path, resolve_device(p.runtime.device))
+    if model.dim != data.dim or extra.get("content_hash") != data.meta["content_hash"]:
+        raise UserError(f"expert score model {path} was trained on other data ({extra.get('dataset_id')}, input dim "
+                        f"{model.dim}) than {workdir(p) / 'ingest'} ({data.meta['dataset_id']}, dim {data.dim}); "
+                        "run pretrain again")
     return data, model
 
 
@@ -114,10 +116,10 @@ def evaluate(p: Params, say: Say, policy_ref: Optional[str] = None, video: Optio
     cfg = p.evaluate
     if cfg.episodes < 1:
         raise UserError("evaluate.episodes must be at least 1")
+    tracking.check_store(tracking.tracking_uri())
     data = ensure_ingested(p, say)
     env_id = data.meta["env_id"]
     ref = policy_ref or str(workdir(p) / "train" / "policy.zip")
-    tracking.check_store(tracking.tracking_uri())
     policy = load_policy(ref, p.train.algorithm, str(resolve_device(p.runtime.device)))
     act = policy_fn(policy, env_id)
     refs = references(data.meta, env_id)

@@ -66,10 +66,12 @@ def _git_commit() -> str:
 
 
 @contextmanager
-def _store_lock() -> Iterator[None]:
-    """Serialise store creation across processes (sqlite schema creation is not concurrent-safe)."""
-    lock = repo_root() / ".mlflow.lock" if not os.environ.get("MLFLOW_TRACKING_URI") else Path.home() / ".smiling-mlflow.lock"
-    with open(lock, "a") as f:
+def _store_lock(uri: str) -> Iterator[None]:
+    """Serialise store creation across processes: creating a fresh sqlite schema is not concurrent-safe."""
+    if not uri.startswith("sqlite:///"):
+        yield  # a tracking server serialises for us
+        return
+    with open(uri[len("sqlite:///"):] + ".lock", "a") as f:
         fcntl.flock(f, fcntl.LOCK_EX)
         try:
             yield
@@ -84,7 +86,7 @@ def experiment_id(dataset_id: str) -> str:
     uri = tracking_uri()
     check_store(uri)
     mlflow.set_tracking_uri(uri)
-    with _store_lock():
+    with _store_lock(uri):
         exp = mlflow.get_experiment_by_name(dataset_id)
         if exp is not None:
             return exp.experiment_id
@@ -131,8 +133,27 @@ def log_torch_model(model: Any, name: str) -> str:
     return info.model_uri
 
 
+def active_run_id() -> Optional[str]:
+    """The id of the MLflow run in progress, if any."""
+    import mlflow
+
+    run = mlflow.active_run()
+    return run.info.run_id if run else None
+
+
+def logged_until(run_id: str) -> dict[str, int]:
+    """For each metric of a run, the last step MLflow holds."""
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    keys = client.get_run(run_id).data.metrics
+    return {k: max(m.step for m in client.get_metric_history(run_id, k)) for k in keys}
+
+
 def log_metrics(metrics: dict[str, float], step: int) -> None:
     """Log finite metrics at ``step`` (skips None)."""
     import mlflow
 
-    mlflow.log_metrics({k: float(v) for k, v in metrics.items() if v is not None}, step=step)
+    values = {k: float(v) for k, v in metrics.items() if v is not None}
+    if values:
+        mlflow.log_metrics(values, step=step)

@@ -19,7 +19,7 @@ from stable_baselines3 import DDPG, SAC, TD3
 from stable_baselines3.common.callbacks import BaseCallback, CallbackList
 from tqdm.auto import tqdm
 
-from smiling_pipeline import tracking
+from smiling_pipeline import checkpoint, tracking
 from smiling_pipeline.config import Params, TrainConfig, as_dict
 from smiling_pipeline.demos import check_box_spaces
 from smiling_pipeline.errors import UserError
@@ -49,22 +49,33 @@ def validate(cfg: TrainConfig) -> None:
 
 
 class Monitor(BaseCallback):
-    """Progress bar, periodic true-reward evaluation and checkpoints."""
+    """Progress bar, periodic true-reward evaluation, checkpoints and MLflow metrics.
 
-    def __init__(self, cfg: TrainConfig, env_id: str, refs: References, out: Path, refit: LearnerRefit):
+    Metrics are sent to MLflow when a checkpoint is written (and at the end), so a run resumed from
+    its last checkpoint logs every step exactly once. Checkpoints are taken at the start of a
+    rollout, when the previous step has been stored and trained on: the only point where the
+    environment, the replay buffer and the networks agree.
+    """
+
+    def __init__(self, cfg: TrainConfig, env_id: str, refs: References, out: Path, refit: LearnerRefit,
+                 settings: dict[str, Any]):
         super().__init__()
         self.cfg, self.env_id, self.refs, self.out, self.refit = cfg, env_id, refs, out, refit
+        self.settings = settings  # stored in checkpoints: a resume must use the same ones
         self.curve: list[dict[str, float]] = []
         self.iterations: list[IterationStats] = []
+        self.pending: list[tuple[dict[str, float], int]] = []  # metrics not yet sent to MLflow
+        self.checkpoint_due = False
         self.bar: Optional[tqdm] = None
 
     def _on_training_start(self) -> None:
-        self.bar = tqdm(total=self.cfg.steps, desc="SMILING", unit="step", dynamic_ncols=True)
+        self.bar = tqdm(total=self.cfg.steps, initial=self.num_timesteps, desc="SMILING", unit="step",
+                        dynamic_ncols=True)
 
     def on_iteration(self, stats: IterationStats) -> None:
         self.iterations.append(stats)
-        tracking.log_metrics({"learner_loss": stats.learner_loss, "ds_divergence": stats.ds_divergence,
-                              "reward_mean_learner": stats.reward_mean_learner}, stats.env_steps)
+        self.pending.append(({"learner_loss": stats.learner_loss, "ds_divergence": stats.ds_divergence,
+                              "reward_mean_learner": stats.reward_mean_learner}, stats.env_steps))
 
     def evaluate(self) -> EvalResult:
         result = evaluate_policy(policy_fn(self.model.policy, self.env_id), self.env_id, self.refs,
@@ -72,15 +83,14 @@ class Monitor(BaseCallback):
         row = {"env_steps": self.num_timesteps, "normalized_return": result.normalized_return,
                "return_mean": result.return_mean, "return_std": result.return_std}
         self.curve.append(row)
-        tracking.log_metrics({k: v for k, v in row.items() if k != "env_steps"}, self.num_timesteps)
+        self.pending.append(({k: v for k, v in row.items() if k != "env_steps"}, self.num_timesteps))
         return result
 
     def _on_step(self) -> bool:
         steps = self.num_timesteps
         if steps % self.cfg.eval_every == 0 or steps == self.cfg.steps:
             self.evaluate()
-        if steps % self.cfg.checkpoint_every == 0 and steps < self.cfg.steps:
-            self.checkpoint()
+        self.checkpoint_due = steps % self.cfg.checkpoint_every == 0 and steps < self.cfg.steps
         if self.bar is not None:
             self.bar.update(1)
             post: dict[str, str] = {}
@@ -93,21 +103,56 @@ class Monitor(BaseCallback):
                 self.bar.set_postfix(post, refresh=False)
         return True
 
+    def _on_rollout_start(self) -> None:
+        if self.checkpoint_due:
+            self.checkpoint()
+
     def _on_training_end(self) -> None:
         if self.bar is not None:
             self.bar.close()
         self.checkpoint()  # the final state too, so a finished run can be continued
 
+    def flush(self, logged_until: Optional[dict[str, int]] = None) -> None:
+        """Send pending metrics to MLflow, skipping steps MLflow already has (after a resume)."""
+        for values, step in self.pending:
+            tracking.log_metrics({k: v for k, v in values.items() if step > (logged_until or {}).get(k, -1)}, step)
+        self.pending = []
+
     def checkpoint(self) -> None:
-        """Policy and optimisers, replay buffer, learner model and its optimizer, counters: written whole,
-        replacing the previous checkpoint only once complete."""
+        """Write the checkpoint folder whole (it replaces the previous one only once complete), then
+        send the metrics it covers."""
+        cost = self.refit.cost
         with atomic_dir(self.out / "checkpoint") as tmp:
             self.model.save(tmp / "model.zip")
             self.model.save_replay_buffer(tmp / "replay_buffer.pkl")
-            torch.save({"learner": self.refit.cost.learner.state_dict(),
-                        "optimizer": self.refit.optimizer.state_dict() if self.refit.optimizer else None,
-                        "iteration": self.refit.iteration, "version": self.refit.cost.version,
-                        "num_timesteps": self.num_timesteps}, tmp / "learner.pt")
+            checkpoint.save_state(tmp / "state.pt", {
+                "learner": cost.learner.state_dict(),
+                "learner_optimizer": self.refit.optimizer.state_dict() if self.refit.optimizer else None,
+                "iteration": self.refit.iteration,
+                "cost_version": cost.version,
+                "cost_evaluations": cost.evaluations,
+                "cost_generator": cost.generator.get_state(),
+                "curve": self.curve,
+                "iterations": self.iterations,
+                "pending": self.pending,
+                "env": checkpoint.env_state(self.model.get_env()),
+                "run_id": tracking.active_run_id(),
+                "settings": self.settings,
+            })
+        self.checkpoint_due = False
+        self.flush()
+
+    def restore(self, state: dict[str, Any]) -> None:
+        """Put the loop's own state back from a checkpoint (the SB3 model is restored by the caller)."""
+        cost = self.refit.cost
+        cost.learner.load_state_dict(state["learner"])
+        if state["learner_optimizer"] is not None:
+            self.refit.optimizer = torch.optim.AdamW(cost.learner.parameters())
+            self.refit.optimizer.load_state_dict(state["learner_optimizer"])
+        self.refit.iteration = state["iteration"]
+        cost.version, cost.evaluations = state["cost_version"], state["cost_evaluations"]
+        cost.generator.set_state(state["cost_generator"])
+        self.curve, self.iterations, self.pending = state["curve"], state["iterations"], state["pending"]
 
 
 def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
@@ -118,10 +163,37 @@ def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
             writer.writerows(rows)
 
 
-def train(p: Params, say: Say) -> dict[str, Any]:
-    """Run SMILING on the ingested dataset; returns the final metrics (also in ``train/metrics.json``)."""
+def build_model(cfg: TrainConfig, env: gym.Env, device: torch.device, resume_from: Optional[Path]) -> Any:
+    """The SB3 learner with the relabelling replay buffer: new, or loaded from a checkpoint folder."""
+    algo = ALGORITHMS[cfg.algorithm]
+    if resume_from is not None:
+        try:
+            model = algo.load(resume_from / "model.zip", env=env, device=device, force_reset=False)
+            model.load_replay_buffer(resume_from / "replay_buffer.pkl")
+        except Exception as e:
+            raise UserError(f"checkpoint {resume_from} is unreadable ({e.__class__.__name__}); "
+                            "remove it and train without --resume") from e
+        return model
+    extra = {"ent_coef": cfg.ent_coef} if cfg.algorithm == "sac" else {}
+    return algo("MlpPolicy", env, **extra, learning_rate=cfg.lr, buffer_size=cfg.steps + 1,
+                learning_starts=cfg.learning_starts, batch_size=cfg.batch_size, gamma=cfg.gamma,
+                policy_kwargs={"net_arch": list(cfg.net)}, replay_buffer_class=SmilingReplayBuffer, seed=cfg.seed,
+                device=device, verbose=0)
+
+
+def train(p: Params, say: Say, resume: bool = False) -> dict[str, Any]:
+    """Run SMILING on the ingested dataset (or continue it from its last checkpoint with ``resume``);
+    returns the final metrics (also in ``train/metrics.json``)."""
     cfg = p.train
     validate(cfg)
+    out = workdir(p) / "train"
+    settings = {k: as_dict(getattr(p, k)) for k in ("score", "cost", "train", "ingest")}
+    state = checkpoint.load_state(out / "checkpoint") if resume else None
+    if state is not None and state["settings"] != settings:
+        changed = sorted(f"{section}.{key}" for section in settings for key in settings[section]
+                         if state["settings"].get(section, {}).get(key) != settings[section][key])
+        raise UserError(f"the checkpoint in {out / 'checkpoint'} was made with other settings ({', '.join(changed)}); "
+                        "resume with the same settings or train without --resume")
     tracking.check_store(tracking.tracking_uri())
     data, expert = load_expert_model(p, say)
     env_id = data.meta["env_id"]
@@ -139,24 +211,29 @@ def train(p: Params, say: Say) -> dict[str, Any]:
 
     cost = CostState(expert, expert.fresh_copy(), p.cost, env.action_space if data.meta["with_actions"] else None,
                      seed=cfg.seed)
-    algo = ALGORITHMS[cfg.algorithm]
-    extra = {"ent_coef": cfg.ent_coef} if cfg.algorithm == "sac" else {}
-    model = algo("MlpPolicy", env, **extra, learning_rate=cfg.lr, buffer_size=cfg.steps + 1, learning_starts=cfg.learning_starts,
-                 batch_size=cfg.batch_size, gamma=cfg.gamma, policy_kwargs={"net_arch": list(cfg.net)},
-                 replay_buffer_class=SmilingReplayBuffer, seed=cfg.seed, device=device, verbose=0)
+    model = build_model(cfg, env, device, out / "checkpoint" if state else None)
     model.replay_buffer.cost = cost  # type: ignore[union-attr]
-    out = workdir(p) / "train"
     refit = LearnerRefit(cost, cfg, data.val if len(data.val) else data.train)
-    monitor = Monitor(cfg, env_id, refs, out, refit)
+    monitor = Monitor(cfg, env_id, refs, out, refit, settings)
     refit.on_iteration = monitor.on_iteration
 
     dataset_id = data.meta["dataset_id"]
-    settings = {k: as_dict(getattr(p, k)) for k in ("score", "cost", "train", "ingest")}
     tags = _dvc_tags({"seed": cfg.seed, "algorithm": "smiling", "rl": cfg.algorithm,
                       "variant": "state-action" if data.meta["with_actions"] else "state-only",
                       "linear": p.score.linear})
-    with tracking.run("train", dataset_id, settings, tags) as run:
-        model.learn(cfg.steps, callback=CallbackList([refit, monitor]))
+    run_id = None
+    if state is not None:
+        monitor.restore(state)
+        checkpoint.set_env_state(model.get_env(), state["env"])
+        checkpoint.set_rng_state(state["rng"])
+        run_id = state["run_id"]
+        say(f"resuming from the checkpoint at {model.num_timesteps} env steps (MLflow run {run_id})")
+    with tracking.run("train", dataset_id, settings, tags, run_id=run_id) as run:
+        if state is not None:
+            monitor.flush(tracking.logged_until(run.info.run_id))
+        remaining = cfg.steps - model.num_timesteps
+        if remaining > 0:
+            model.learn(remaining, callback=CallbackList([refit, monitor]), reset_num_timesteps=state is None)
         final = monitor.curve[-1]
         metrics = {
             "env_steps": cfg.steps,
@@ -165,6 +242,7 @@ def train(p: Params, say: Say) -> dict[str, Any]:
             "reward_evaluations": cost.evaluations,
             "iterations": refit.iteration,
         }
+        monitor.flush()
         model.save(out / "policy.zip")
         save_model(cost.learner, out / "learner_score.pt")
         info = {

@@ -170,7 +170,7 @@ def test_normalisation_never_magnifies_more_than_min_std_allows():
 def test_save_and_load_round_trip(tmp_path):
     model = fit_score_model(gaussian(500, 3, 0.0, 1.0, seed=0), ScoreConfig(hidden=32), steps=20)
     save_model(model, tmp_path / "m.pt")
-    loaded = load_model(tmp_path / "m.pt")
+    loaded, _ = load_model(tmp_path / "m.pt")
     x, t = torch.randn(4, 3), torch.tensor([0, 10, 100, 1000])
     with torch.no_grad():
         assert torch.equal(model(x, t), loaded(x, t))

@@ -183,7 +183,7 @@ def test_variants_train_end_to_end(store, tmp_path, flags, dim):
     work = tmp_path / "data" / "smiling-invertedpendulum-expert-v0"
     from smiling_pipeline.score import load_model
 
-    learner = load_model(work / "train" / "learner_score.pt")
+    learner, _ = load_model(work / "train" / "learner_score.pt")
     assert learner.dim == dim
     assert learner.cfg.linear == ("--linear" in flags)
 

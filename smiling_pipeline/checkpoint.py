@@ -1,0 +1,93 @@
+"""Exact training checkpoints: everything that decides what happens next, written whole or not at all.
+
+A checkpoint folder holds SB3's ``model.zip`` (policy, critics, optimisers, entropy coefficient,
+counters, last observation), ``replay_buffer.pkl`` (with the reward cache) and ``state.pt``: the
+learner score model and its optimizer, the cost's random generator and model version, the loop's
+history and unsent MLflow metrics, the global RNG states, and the environment's exact state
+(MuJoCo integration state, the env's RNG, every wrapper's counters). Restoring all of it makes a
+resumed run identical to an uninterrupted one on the same machine.
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import mujoco
+import numpy as np
+import torch
+
+from smiling_pipeline.errors import UserError
+
+_MJ_STATE = mujoco.mjtState.mjSTATE_INTEGRATION
+_SKIP = {"env", "envs", "_saved_kwargs"}  # links between layers and constructor arguments
+
+
+def rng_state() -> dict[str, Any]:
+    """Python, NumPy and torch global RNG states (SB3 samples its replay buffer with np.random)."""
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _layers(env: gym.Env) -> list[Any]:
+    """The wrapper chain from the outermost wrapper to the unwrapped env."""
+    chain = [env]
+    while isinstance(chain[-1], gym.Wrapper):
+        chain.append(chain[-1].env)
+    return chain
+
+
+def env_state(vec_env: Any) -> dict[str, Any]:
+    """The state of an SB3 ``DummyVecEnv`` of MuJoCo envs, enough to continue bit for bit."""
+    envs = []
+    for env in vec_env.envs:
+        *wrappers, base = _layers(env)
+        if not hasattr(base, "data"):
+            raise UserError(f"checkpoints support MuJoCo environments only, not {type(base).__name__}")
+        mj = np.empty(mujoco.mj_stateSize(base.model, _MJ_STATE))
+        mujoco.mj_getState(base.model, base.data, mj, _MJ_STATE)
+        envs.append({
+            "wrappers": [{k: v for k, v in vars(w).items() if k not in _SKIP} for w in wrappers],
+            "mujoco": mj,
+            "np_random": base.np_random.bit_generator.state,
+        })
+    return {"vec": {k: v for k, v in vars(vec_env).items() if k not in _SKIP}, "envs": envs}
+
+
+def set_env_state(vec_env: Any, state: dict[str, Any]) -> None:
+    """Inverse of :func:`env_state` on a freshly made env of the same kind."""
+    vars(vec_env).update(state["vec"])
+    for env, saved in zip(vec_env.envs, state["envs"]):
+        *wrappers, base = _layers(env)
+        for wrapper, attrs in zip(wrappers, saved["wrappers"]):
+            vars(wrapper).update(attrs)
+        mujoco.mj_setState(base.model, base.data, saved["mujoco"], _MJ_STATE)
+        base.np_random.bit_generator.state = saved["np_random"]
+
+
+def save_state(path: Path, state: dict[str, Any]) -> None:
+    """``state.pt`` of a checkpoint (the caller writes the folder atomically)."""
+    torch.save({**state, "rng": rng_state()}, path)
+
+
+def load_state(folder: Path) -> dict[str, Any]:
+    """Read a checkpoint's ``state.pt``; missing or corrupted checkpoints are user errors."""
+    path = folder / "state.pt"
+    if not all((folder / f).is_file() for f in ("state.pt", "model.zip", "replay_buffer.pkl")):
+        raise UserError(f"no complete checkpoint in {folder}; run `smiling-cli train` without --resume")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:
+        raise UserError(f"checkpoint {path} is unreadable ({e.__class__.__name__}); remove {folder} and train again") from e
