@@ -72,6 +72,7 @@ class ScoreConfig:
     min_signal: float = 0.01  # use t only while sqrt(alpha_bar_t) >= this (the informative range)
     normalize: bool = True  # standardise inputs with the expert statistics ...
     min_std: float = 0.1  # ... dividing by max(std, min_std): never magnify a feature more than 1/min_std
+    clip: Optional[float] = None  # then clip to [-clip, clip] (features constant in the expert data)
 
 
 @dataclass(frozen=True)

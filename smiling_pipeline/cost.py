@@ -25,7 +25,6 @@ HalfCheetah (d = 17) and Humanoid (d = 348) and 72-96x faster; see ``reports/cos
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Optional
 
 import numpy as np
@@ -36,13 +35,14 @@ from smiling_pipeline.errors import DataError
 from smiling_pipeline.score import FitSettings, ScoreModel, fit
 
 
-def stratified_timesteps(t_max: int, k: int, generator: torch.Generator, device: torch.device) -> torch.Tensor:
+def stratified_timesteps(t_max: int, k: int, generator: Optional[torch.Generator], device: torch.device) -> torch.Tensor:
     """One uniform timestep in each of ``k`` equal strata of ``[0, t_max)``."""
     u = torch.rand(k, generator=generator, device=device)
     return ((torch.arange(k, device=device) + u) * (t_max / k)).long().clamp_(max=t_max - 1)
 
 
-def antithetic_noise(k: int, d: int, antithetic: bool, generator: torch.Generator, device: torch.device) -> torch.Tensor:
+def antithetic_noise(k: int, d: int, antithetic: bool, generator: Optional[torch.Generator],
+                     device: torch.device) -> torch.Tensor:
     """One noise vector per timestep, shape (k, d); with ``antithetic`` draw 2j+1 is the negation of draw 2j."""
     if not antithetic or k < 2:
         return torch.randn(k, d, generator=generator, device=device)
@@ -51,8 +51,12 @@ def antithetic_noise(k: int, d: int, antithetic: bool, generator: torch.Generato
 
 
 def _check_pair(expert: ScoreModel, learner: ScoreModel) -> None:
+    """Both models must see the same inputs: dimension, timestep range and normalisation."""
     if expert.dim != learner.dim or expert.t_max != learner.t_max:
         raise DataError(f"expert (dim {expert.dim}) and learner (dim {learner.dim}) score models do not match")
+    if not (torch.equal(expert.mean, learner.mean) and torch.equal(expert.std, learner.std)):
+        raise DataError("expert and learner score models normalise differently; make the learner with "
+                        "expert.fresh_copy() so both use the expert's statistics")
 
 
 @torch.inference_mode()
@@ -73,10 +77,9 @@ def reward(
     if x_raw.ndim != 2 or x_raw.shape[1] != expert.dim:
         raise DataError(f"reward inputs must have shape (batch, {expert.dim}), got {tuple(x_raw.shape)}")
     device = expert.mean.device
-    g = generator or torch.Generator(device=device).manual_seed(0)
     x0 = expert.normalize(x_raw)
-    t = stratified_timesteps(expert.t_max, k, g, device)
-    eps = antithetic_noise(k, expert.dim, antithetic, g, device)
+    t = stratified_timesteps(expert.t_max, k, generator, device)
+    eps = antithetic_noise(k, expert.dim, antithetic, generator, device)
     return (learner.grid_errors(x0, t, eps) - expert.grid_errors(x0, t, eps)) / k
 
 
@@ -84,7 +87,7 @@ def normalize_rewards(r: torch.Tensor, cfg: CostConfig) -> torch.Tensor:
     """Per-batch normalisation as in the paper (mean 0, std ``reward_std``) or none."""
     if cfg.reward_norm == "none":
         return r
-    return (r - r.mean()) / (r.std() + 1e-8) * cfg.reward_std
+    return (r - r.mean()) / (r.std(correction=0) + 1e-8) * cfg.reward_std
 
 
 def ds_divergence_of_models(
@@ -123,22 +126,3 @@ def ds_divergence(
         fit(model, x, FitSettings(steps=steps), seed=seed + i)
         models.append(model)
     return ds_divergence_of_models(models[0], models[1], p, k=k, seed=seed)
-
-
-@dataclass
-class SmilingCost:
-    """The reward used by RL: current expert and learner models plus the estimator settings."""
-
-    expert: ScoreModel
-    learner: ScoreModel
-    cfg: CostConfig
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        _check_pair(self.expert, self.learner)
-        self.generator = torch.Generator(device=self.expert.mean.device).manual_seed(self.seed)
-
-    def __call__(self, x_raw: torch.Tensor) -> torch.Tensor:
-        """Raw (unnormalised) rewards of a batch."""
-        return reward(self.expert, self.learner, x_raw, k=self.cfg.timesteps, antithetic=self.cfg.antithetic,
-                      generator=self.generator)
