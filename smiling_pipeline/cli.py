@@ -220,7 +220,8 @@ def pretrain(
 def train(
     dataset: Annotated[Optional[str], typer.Option("--dataset", help="Minari id [params: ingest.dataset]; ingest/pretrain run first if needed.")] = None,
     steps: Annotated[Optional[int], typer.Option("--steps", min=1, help="Env steps [params: train.steps].")] = None,
-    algorithm: Annotated[Optional[str], typer.Option("--algorithm", help="SB3 off-policy RL: sac | td3 | ddpg [params: train.algorithm].")] = None,
+    algorithm: Annotated[Optional[str], typer.Option("--algorithm", help="smiling | dac | bc [params: train.algorithm].")] = None,
+    rl: Annotated[Optional[str], typer.Option("--rl", help="SB3 off-policy learner: sac | td3 | ddpg [params: train.rl].")] = None,
     with_actions: Annotated[Optional[bool], typer.Option("--with-actions/--states-only", help="State-action variant.")] = None,
     linear: Annotated[Optional[bool], typer.Option("--linear/--nonlinear", help="Linear score networks (ablation).")] = None,
     eval_every: Annotated[Optional[int], typer.Option("--eval-every", min=1, help="Env steps between evaluations.")] = None,
@@ -234,17 +235,20 @@ def train(
     device: DeviceOpt = None,
     threads: ThreadsOpt = None,
 ) -> None:
-    """Iterative SMILING: RL on the score-matching reward, learner score refit every iteration."""
+    """Iterative SMILING (or the DAC / BC baselines): RL on the imitation reward, refit every iteration."""
     from smiling_pipeline.train import train as run_train
 
     p = setup(params, workdir, minari_root, device, threads)
     p = with_section(p, "ingest", dataset=dataset, with_actions=with_actions)
     p = with_section(p, "score", linear=linear)
-    p = with_section(p, "train", steps=steps, algorithm=algorithm, eval_every=eval_every, eval_episodes=eval_episodes,
+    if algorithm not in (None, "smiling", "dac", "bc") or rl not in (None, "sac", "td3", "ddpg"):
+        raise UserError("--algorithm must be smiling, dac or bc and --rl sac, td3 or ddpg")
+    p = with_section(p, "train", steps=steps, algorithm=algorithm, rl=rl, eval_every=eval_every, eval_episodes=eval_episodes,
                      checkpoint_every=checkpoint_every, seed=seed)
     m = run_train(p, say, resume=resume)
-    typer.echo(f"SMILING on {m['dataset_id']}: normalized return {m['final_normalized_return']:.3f} after "
-               f"{m['env_steps']} env steps (best {m['best_normalized_return']:.3f}) -> {workdir_for(p) / 'train'}")
+    budget = f"{m['gradient_steps']} gradient steps" if m["algorithm"] == "bc" else f"{m['env_steps']} env steps"
+    typer.echo(f"{m['algorithm'].upper()} on {m['dataset_id']}: normalized return {m['final_normalized_return']:.3f} after "
+               f"{budget} (best {m['best_normalized_return']:.3f}) -> {workdir_for(p) / 'train'}")
 
 
 @app.command()

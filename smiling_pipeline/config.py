@@ -99,9 +99,10 @@ class CostConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Iterative SMILING: SAC on the score-matching reward, learner score refit every iteration."""
+    """Iterative SMILING (or a baseline): RL on the imitation reward, reward model refit every iteration."""
 
-    algorithm: Literal["sac", "td3", "ddpg"] = "sac"
+    algorithm: Literal["smiling", "dac", "bc"] = "smiling"
+    rl: Literal["sac", "td3", "ddpg"] = "sac"  # the SB3 off-policy learner (smiling, dac)
     steps: int = 12_000
     iteration_steps: int = 1_000
     learning_starts: int = 1_000
@@ -120,6 +121,18 @@ class TrainConfig:
     eval_episodes: int = 5
     checkpoint_every: int = 5_000
     seed: int = 0
+
+
+@dataclass(frozen=True)
+class BaselinesConfig:
+    """DAC (GAIL-style discriminator with gradient penalty) and behaviour cloning."""
+
+    dac_hidden: int = 256
+    dac_lr: float = 3e-4
+    dac_gradient_penalty: float = 10.0
+    bc_steps: int = 5_000  # gradient steps on expert (state, action) pairs
+    bc_batch_size: int = 256
+    bc_lr: float = 1e-3
 
 
 @dataclass(frozen=True)
@@ -142,6 +155,7 @@ class Params:
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     cost: CostConfig = field(default_factory=CostConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    baselines: BaselinesConfig = field(default_factory=BaselinesConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
 
 

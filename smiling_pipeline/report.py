@@ -51,8 +51,9 @@ def _read_json(path: Path) -> Any:
 
 def write_report(workdir: Path, reports: Path) -> Path:
     """Learning curve, cost/DS-divergence and score-loss plots plus ``summary.md`` from a run's outputs."""
-    needed = [workdir / "train" / "learning_curve.csv", workdir / "train" / "iterations.csv",
-              workdir / "train" / "metrics.json", workdir / "train" / "run.json", workdir / "pretrain" / "loss.json"]
+    records = workdir / "train_metrics"
+    needed = [records / "learning_curve.csv", records / "iterations.csv", records / "metrics.json",
+              records / "run.json", workdir / "pretrain" / "loss.json"]
     missing = [str(p) for p in needed if not p.is_file()]
     if missing:
         raise UserError(f"cannot report: missing {', '.join(missing)}; run `smiling-cli train` first")
@@ -65,17 +66,18 @@ def write_report(workdir: Path, reports: Path) -> Path:
              if (evaluation / "run.json").is_file() else None)
     dataset = train["dataset_id"]
 
-    plot_curves(reports / "learning_curve.png", f"SMILING on {dataset}", "env steps", "normalized return",
-                {"SMILING (evaluation episodes)": [(r["env_steps"], r["normalized_return"]) for r in curve]}, hline=1.0)
+    name = train["algorithm"].upper()
+    plot_curves(reports / "learning_curve.png", f"{name} on {dataset}", "env steps", "normalized return",
+                {f"{name} (evaluation episodes)": [(r["env_steps"], r["normalized_return"]) for r in curve]}, hline=1.0)
     plot_curves(reports / "cost.png", "SMILING reward during training", "iteration", "mean unnormalised reward (symlog)",
-                {"on expert states (= DS divergence estimate)": [(r["iteration"], r["ds_divergence"]) for r in iters],
+                {"on expert states (SMILING: the DS divergence estimate)": [(r["iteration"], r["reward_mean_expert"]) for r in iters],
                  "on learner states": [(r["iteration"], r["reward_mean_learner"]) for r in iters]},
                 hline=0.0, yscale="symlog")
     plot_curves(reports / "score_losses.png", "Score-model denoising losses", "step / iteration", "loss",
                 {"expert pretraining (train)": loss["train"], "expert pretraining (validation)": loss["val"],
-                 "learner refit (per iteration)": [(r["iteration"], r["learner_loss"]) for r in iters]}, yscale="log")
+                 "learner refit (per iteration)": [(r["iteration"], r["refit_loss"]) for r in iters]}, yscale="log")
     lines = [
-        f"# SMILING run on `{dataset}`",
+        f"# {name} run on `{dataset}`",
         "",
         f"- Environment: `{train['env_id']}`, {int(train['env_steps'])} env steps, {int(train['iterations'])} learner refits",
         f"- Final normalized return during training: **{train['final_normalized_return']:.3f}** "

@@ -1,5 +1,6 @@
-"""SB3 integration: a replay buffer that relabels sampled rewards with the SMILING cost, and the
-callback that refits the learner score model every iteration (Follow-the-Leader on learner states).
+"""SB3 integration: a replay buffer that relabels sampled rewards with an imitation reward (SMILING,
+or DAC from ``baselines``), and the callback that refits that reward every iteration
+(Follow-the-Leader on the learner's states).
 
 Within an iteration the expert and learner models are fixed, so a state's reward is a fixed
 function of the state: the buffer caches each row's reward for the current model version and only
@@ -9,7 +10,8 @@ evaluates rows that are stale. One SAC update of batch 256 then costs, on averag
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
 import gymnasium as gym
@@ -39,37 +41,80 @@ def score_inputs(obs: torch.Tensor, actions: torch.Tensor, action_space: Optiona
     return torch.cat([obs, low + 0.5 * (actions + 1.0) * (high - low)], dim=1)
 
 
-@dataclass
-class CostState:
-    """The models and estimator settings shared by the buffer and the refit callback."""
+class RewardModel(ABC):
+    """An imitation reward refit on learner data every iteration: what the relabelling buffer and
+    the refit callback need (SMILING here, DAC in ``baselines``)."""
 
-    expert: ScoreModel
-    learner: ScoreModel
-    cfg: CostConfig
-    action_space: Optional[gym.spaces.Box]  # set for the state-action variant
-    seed: int = 0
-    version: int = 0  # bumped whenever the learner model changes
-    evaluations: int = 0  # rows whose reward was computed (for the overhead benchmark)
-    generator: torch.Generator = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.generator = torch.Generator(device=self.expert.mean.device).manual_seed(self.seed)
+    def __init__(self, cfg: CostConfig, action_space: Optional[gym.spaces.Box], seed: int):
+        self.cfg = cfg
+        self.action_space = action_space  # set for the state-action variant
+        self.version = 0  # bumped whenever the reward changes
+        self.evaluations = 0  # rows whose reward was computed (for the overhead benchmark)
+        self.seed = seed
 
     def rewards(self, rows: torch.Tensor) -> torch.Tensor:
-        """Unnormalised SMILING rewards of score-model input rows."""
+        """Unnormalised rewards of input rows (states, or [state, action])."""
         self.evaluations += len(rows)
+        return self._rewards(rows)
+
+    @abstractmethod
+    def _rewards(self, rows: torch.Tensor) -> torch.Tensor: ...
+
+    @abstractmethod
+    def refit(self, learner_rows: np.ndarray, cfg: TrainConfig, iteration: int) -> float:
+        """Refit on all learner rows so far (warm start); returns the fit's final loss."""
+
+    @abstractmethod
+    def state_dict(self) -> dict[str, Any]: ...
+
+    @abstractmethod
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+class SmilingReward(RewardModel):
+    """The SMILING reward: fixed expert score model, learner score model refit Follow-the-Leader style."""
+
+    def __init__(self, expert: ScoreModel, cfg: CostConfig, action_space: Optional[gym.spaces.Box], seed: int = 0):
+        super().__init__(cfg, action_space, seed)
+        self.expert = expert
+        self.learner = expert.fresh_copy()
+        self.optimizer: Optional[torch.optim.Optimizer] = None
+        self.generator = torch.Generator(device=expert.mean.device).manual_seed(seed)
+
+    def _rewards(self, rows: torch.Tensor) -> torch.Tensor:
         return reward(self.expert, self.learner, rows, k=self.cfg.timesteps, antithetic=self.cfg.antithetic,
                       generator=self.generator)
 
+    def refit(self, learner_rows: np.ndarray, cfg: TrainConfig, iteration: int) -> float:
+        settings = FitSettings(cfg.learner_fit_steps, cfg.learner_batch_size, cfg.learner_lr,
+                               eval_every=cfg.learner_fit_steps)
+        self.optimizer, history = fit(self.learner, learner_rows, settings, seed=cfg.seed + iteration,
+                                      optimizer=self.optimizer)
+        self.version += 1
+        return history.train[-1][1]
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"learner": self.learner.state_dict(), "generator": self.generator.get_state(),
+                "optimizer": self.optimizer.state_dict() if self.optimizer else None,
+                "version": self.version, "evaluations": self.evaluations}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.learner.load_state_dict(state["learner"])
+        self.generator.set_state(state["generator"])
+        if state["optimizer"] is not None:
+            self.optimizer = torch.optim.AdamW(self.learner.parameters())
+            self.optimizer.load_state_dict(state["optimizer"])
+        self.version, self.evaluations = state["version"], state["evaluations"]
+
 
 class SmilingReplayBuffer(ReplayBuffer):
-    """``replay_buffer_class`` for SB3 off-policy algorithms: sampled rewards are SMILING rewards.
+    """``replay_buffer_class`` for SB3 off-policy algorithms: sampled rewards come from a
+    :class:`RewardModel` (SMILING or a baseline), never from the environment.
 
-    The environment's rewards are stored but never returned. Set :attr:`cost` before training;
-    single-environment only (rows are cached by buffer index).
+    Set :attr:`reward_model` before training; single-environment only (rows are cached by index).
     """
 
-    cost: Optional[CostState] = None
+    reward_model: Optional[RewardModel] = None
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -81,7 +126,7 @@ class SmilingReplayBuffer(ReplayBuffer):
     def __getstate__(self) -> dict[str, Any]:
         """Pickle (``save_replay_buffer``) without the score models: they are saved on their own."""
         state = dict(self.__dict__)
-        state.pop("cost", None)
+        state.pop("reward_model", None)
         return state
 
     def add(self, *args: Any, **kwargs: Any) -> None:
@@ -90,17 +135,18 @@ class SmilingReplayBuffer(ReplayBuffer):
 
     def _get_samples(self, batch_inds: np.ndarray, env: Any = None) -> ReplayBufferSamples:
         samples = super()._get_samples(batch_inds, env)
-        if self.cost is None:
-            raise RuntimeError("SmilingReplayBuffer.cost is not set")
-        stale = np.unique(batch_inds[self._cache_version[batch_inds] != self.cost.version])
+        model = self.reward_model
+        if model is None:
+            raise RuntimeError("SmilingReplayBuffer.reward_model is not set")
+        stale = np.unique(batch_inds[self._cache_version[batch_inds] != model.version])
         if len(stale):
             obs = self.to_torch(self.observations[stale, 0, :])
             acts = self.to_torch(self.actions[stale, 0, :])
-            rows = score_inputs(obs, acts, self.cost.action_space)
-            self._cache[stale] = self.cost.rewards(rows).cpu().numpy()
-            self._cache_version[stale] = self.cost.version
+            rows = score_inputs(obs, acts, model.action_space)
+            self._cache[stale] = model.rewards(rows).cpu().numpy()
+            self._cache_version[stale] = model.version
         r = torch.as_tensor(self._cache[batch_inds], device=samples.rewards.device)
-        return samples._replace(rewards=normalize_rewards(r, self.cost.cfg).reshape(-1, 1))
+        return samples._replace(rewards=normalize_rewards(r, model.cfg).reshape(-1, 1))
 
     def learner_rows(self, window: Optional[int]) -> np.ndarray:
         """The learner's score-model inputs stored so far (the newest ``window`` of them)."""
@@ -110,33 +156,32 @@ class SmilingReplayBuffer(ReplayBuffer):
             idx = idx[-window:]
         obs = torch.as_tensor(self.observations[idx, 0, :])
         acts = torch.as_tensor(self.actions[idx, 0, :])
-        action_space = self.cost.action_space if self.cost else None
+        action_space = self.reward_model.action_space if self.reward_model else None
         return score_inputs(obs, acts, action_space).float().numpy()
 
 
 @dataclass
 class IterationStats:
-    """What one learner refit produced (logged per iteration)."""
+    """What one reward refit produced (logged per iteration)."""
 
     iteration: int
     env_steps: int
-    learner_loss: float
-    ds_divergence: float  # mean reward on expert states
+    refit_loss: float  # learner score model (SMILING) or discriminator (DAC)
+    reward_mean_expert: float  # SMILING: the DS divergence estimate
     reward_mean_learner: float
 
 
-class LearnerRefit(BaseCallback):
-    """Every ``iteration_steps`` env steps (from ``learning_starts`` on), refit the learner score model
-    on the learner's states, warm-started with a persistent optimizer (Follow-the-Leader)."""
+class RewardRefit(BaseCallback):
+    """Every ``iteration_steps`` env steps (from ``learning_starts`` on), refit the reward model on the
+    learner's rows (all of them, or the newest ``learner_window``)."""
 
-    def __init__(self, cost: CostState, cfg: TrainConfig, expert_val: np.ndarray,
+    def __init__(self, reward_model: RewardModel, cfg: TrainConfig, expert_val: np.ndarray,
                  on_iteration: Optional[Callable[[IterationStats], None]] = None):
         super().__init__()
-        self.cost = cost
+        self.reward_model = reward_model
         self.cfg = cfg
         self.expert_val = torch.as_tensor(expert_val[:2048], dtype=torch.float32)
         self.on_iteration = on_iteration
-        self.optimizer: Optional[torch.optim.Optimizer] = None
         self.iteration = 0
 
     def due(self, steps: int) -> bool:
@@ -149,22 +194,17 @@ class LearnerRefit(BaseCallback):
         return True
 
     def refit(self) -> IterationStats:
-        """Fit the learner model on the stored learner rows, bump the cost version, report statistics."""
+        """Refit on the stored learner rows (the model bumps its version), report statistics."""
         buffer: SmilingReplayBuffer = self.model.replay_buffer  # type: ignore[assignment]
         rows = buffer.learner_rows(self.cfg.learner_window)
-        settings = FitSettings(self.cfg.learner_fit_steps, self.cfg.learner_batch_size, self.cfg.learner_lr,
-                               eval_every=self.cfg.learner_fit_steps)
-        self.optimizer, history = fit(self.cost.learner, rows, settings, seed=self.cfg.seed + self.iteration,
-                                      optimizer=self.optimizer)
-        self.cost.version += 1
+        loss = self.reward_model.refit(rows, self.cfg, self.iteration)
         self.iteration += 1
-        sample = torch.as_tensor(rows[-2048:])
         stats = IterationStats(
             iteration=self.iteration,
             env_steps=self.num_timesteps,
-            learner_loss=history.train[-1][1],
-            ds_divergence=float(self.cost.rewards(self.expert_val).mean()),
-            reward_mean_learner=float(self.cost.rewards(sample).mean()),
+            refit_loss=loss,
+            reward_mean_expert=float(self.reward_model.rewards(self.expert_val).mean()),
+            reward_mean_learner=float(self.reward_model.rewards(torch.as_tensor(rows[-2048:])).mean()),
         )
         if self.on_iteration:
             self.on_iteration(stats)

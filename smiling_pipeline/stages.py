@@ -120,13 +120,14 @@ def evaluate(p: Params, say: Say, policy_ref: Optional[str] = None, video: Optio
     data = ensure_ingested(p, say)
     env_id = data.meta["env_id"]
     ref = policy_ref or str(workdir(p) / "train" / "policy.zip")
-    policy = load_policy(ref, p.train.algorithm, str(resolve_device(p.runtime.device)))
+    policy = load_policy(ref, "sac" if p.train.algorithm == "bc" else p.train.rl, str(resolve_device(p.runtime.device)))
     act = policy_fn(policy, env_id)
     refs = references(data.meta, env_id)
     out = workdir(p) / "evaluate"
     record = cfg.video if video is None else video
     dataset_id = data.meta["dataset_id"]
-    tags = _dvc_tags({"seed": cfg.seed, "algorithm": "smiling", "policy": ref})
+    tags = _dvc_tags({"seed": p.train.seed, "algorithm": p.train.algorithm, "policy": ref,
+                      "variant": "state-action" if data.meta["with_actions"] else "state-only"})
     with tracking.run("evaluate", dataset_id, {"evaluate": as_dict(cfg), "policy": ref}, tags) as run:
         result = evaluate_policy(act, env_id, refs, cfg.episodes, cfg.seed, video_dir=out / "video" if record else None)
         tracking.log_metrics({"normalized_return": result.normalized_return, "return_mean": result.return_mean,

@@ -3,8 +3,9 @@
 Algorithm 1 of the paper: with the pretrained expert score model fixed, repeat
 (a) ``iteration_steps`` env steps of SAC whose sampled rewards are SMILING rewards
 (``rl.SmilingReplayBuffer``), (b) refit the learner score model on the learner's states
-(``rl.LearnerRefit``). Evaluation with the true reward every ``eval_every`` steps; everything is
-logged to MLflow and to ``<workdir>/train``.
+(``rl.RewardRefit``). DAC swaps in a discriminator reward on the same machinery; BC clones the
+expert's actions. Evaluation with the true reward every ``eval_every`` steps; models go to
+``<workdir>/train``, records to ``<workdir>/train_metrics`` and everything to MLflow.
 """
 
 from __future__ import annotations
@@ -26,10 +27,12 @@ from smiling_pipeline.errors import UserError
 from smiling_pipeline.evaluate import EvalResult, References, evaluate_policy, policy_fn, references
 from smiling_pipeline.io import atomic_dir, atomic_file, write_json
 from smiling_pipeline.report import plot_curves
-from smiling_pipeline.rl import CostState, IterationStats, LearnerRefit, SmilingReplayBuffer
+from smiling_pipeline.baselines import DacReward, behaviour_cloning
+from smiling_pipeline.ingest import ExpertData
+from smiling_pipeline.rl import IterationStats, RewardModel, RewardRefit, SmilingReplayBuffer, SmilingReward
 from smiling_pipeline.runtime import resolve_device, seed_everything
 from smiling_pipeline.score import save_model
-from smiling_pipeline.stages import Say, _dvc_tags, load_expert_model, workdir
+from smiling_pipeline.stages import Say, _dvc_tags, ensure_ingested, load_expert_model, workdir
 
 ALGORITHMS: dict[str, Any] = {"sac": SAC, "td3": TD3, "ddpg": DDPG}
 
@@ -44,8 +47,10 @@ def validate(cfg: TrainConfig) -> None:
         raise UserError(f"train.learning_starts must be in [1, steps), got {cfg.learning_starts} with steps {cfg.steps}")
     if cfg.learner_window is not None and cfg.learner_window < 2:
         raise UserError("train.learner_window must be at least 2 (or null for all learner states)")
-    if cfg.algorithm not in ALGORITHMS:
-        raise UserError(f"train.algorithm must be one of {sorted(ALGORITHMS)}, got {cfg.algorithm!r}")
+    if cfg.rl not in ALGORITHMS:
+        raise UserError(f"train.rl must be one of {sorted(ALGORITHMS)}, got {cfg.rl!r}")
+    if cfg.algorithm not in ("smiling", "dac", "bc"):
+        raise UserError(f"train.algorithm must be smiling, dac or bc, got {cfg.algorithm!r}")
 
 
 class Monitor(BaseCallback):
@@ -57,7 +62,7 @@ class Monitor(BaseCallback):
     environment, the replay buffer and the networks agree.
     """
 
-    def __init__(self, cfg: TrainConfig, env_id: str, refs: References, out: Path, refit: LearnerRefit,
+    def __init__(self, cfg: TrainConfig, env_id: str, refs: References, out: Path, refit: RewardRefit,
                  settings: dict[str, Any]):
         super().__init__()
         self.cfg, self.env_id, self.refs, self.out, self.refit = cfg, env_id, refs, out, refit
@@ -74,7 +79,7 @@ class Monitor(BaseCallback):
 
     def on_iteration(self, stats: IterationStats) -> None:
         self.iterations.append(stats)
-        self.pending.append(({"learner_loss": stats.learner_loss, "ds_divergence": stats.ds_divergence,
+        self.pending.append(({"refit_loss": stats.refit_loss, "reward_mean_expert": stats.reward_mean_expert,
                               "reward_mean_learner": stats.reward_mean_learner}, stats.env_steps))
 
     def evaluate(self) -> EvalResult:
@@ -97,7 +102,7 @@ class Monitor(BaseCallback):
             if self.curve:
                 post["norm_return"] = f"{self.curve[-1]['normalized_return']:.2f}"
             if self.iterations:
-                post["ds_div"] = f"{self.iterations[-1].ds_divergence:.3g}"
+                post["r_expert"] = f"{self.iterations[-1].reward_mean_expert:.3g}"
                 post["r_learner"] = f"{self.iterations[-1].reward_mean_learner:.3g}"
             if post and steps % 50 == 0:
                 self.bar.set_postfix(post, refresh=False)
@@ -121,17 +126,12 @@ class Monitor(BaseCallback):
     def checkpoint(self) -> None:
         """Write the checkpoint folder whole (it replaces the previous one only once complete), then
         send the metrics it covers."""
-        cost = self.refit.cost
         with atomic_dir(self.out / "checkpoint") as tmp:
             self.model.save(tmp / "model.zip")
             self.model.save_replay_buffer(tmp / "replay_buffer.pkl")
             checkpoint.save_state(tmp / "state.pt", {
-                "learner": cost.learner.state_dict(),
-                "learner_optimizer": self.refit.optimizer.state_dict() if self.refit.optimizer else None,
+                "reward_model": self.refit.reward_model.state_dict(),
                 "iteration": self.refit.iteration,
-                "cost_version": cost.version,
-                "cost_evaluations": cost.evaluations,
-                "cost_generator": cost.generator.get_state(),
                 "curve": self.curve,
                 "iterations": self.iterations,
                 "pending": self.pending,
@@ -144,28 +144,21 @@ class Monitor(BaseCallback):
 
     def restore(self, state: dict[str, Any]) -> None:
         """Put the loop's own state back from a checkpoint (the SB3 model is restored by the caller)."""
-        cost = self.refit.cost
-        cost.learner.load_state_dict(state["learner"])
-        if state["learner_optimizer"] is not None:
-            self.refit.optimizer = torch.optim.AdamW(cost.learner.parameters())
-            self.refit.optimizer.load_state_dict(state["learner_optimizer"])
+        self.refit.reward_model.load_state_dict(state["reward_model"])
         self.refit.iteration = state["iteration"]
-        cost.version, cost.evaluations = state["cost_version"], state["cost_evaluations"]
-        cost.generator.set_state(state["cost_generator"])
         self.curve, self.iterations, self.pending = state["curve"], state["iterations"], state["pending"]
 
 
-def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
+def _write_csv(path: Path, rows: list[dict[str, Any]], fields: Optional[list[str]] = None) -> None:
     with atomic_file(path) as tmp, open(tmp, "w", newline="") as f:
-        if rows:
-            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-            writer.writeheader()
-            writer.writerows(rows)
+        writer = csv.DictWriter(f, fieldnames=fields or list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
 
 
 def build_model(cfg: TrainConfig, env: gym.Env, device: torch.device, resume_from: Optional[Path]) -> Any:
     """The SB3 learner with the relabelling replay buffer: new, or loaded from a checkpoint folder."""
-    algo = ALGORITHMS[cfg.algorithm]
+    algo = ALGORITHMS[cfg.rl]
     if resume_from is not None:
         try:
             model = algo.load(resume_from / "model.zip", env=env, device=device, force_reset=False)
@@ -174,28 +167,15 @@ def build_model(cfg: TrainConfig, env: gym.Env, device: torch.device, resume_fro
             raise UserError(f"checkpoint {resume_from} is unreadable ({e.__class__.__name__}); "
                             "remove it and train without --resume") from e
         return model
-    extra = {"ent_coef": cfg.ent_coef} if cfg.algorithm == "sac" else {}
+    extra = {"ent_coef": cfg.ent_coef} if cfg.rl == "sac" else {}
     return algo("MlpPolicy", env, **extra, learning_rate=cfg.lr, buffer_size=cfg.steps + 1,
                 learning_starts=cfg.learning_starts, batch_size=cfg.batch_size, gamma=cfg.gamma,
                 policy_kwargs={"net_arch": list(cfg.net)}, replay_buffer_class=SmilingReplayBuffer, seed=cfg.seed,
                 device=device, verbose=0)
 
 
-def train(p: Params, say: Say, resume: bool = False) -> dict[str, Any]:
-    """Run SMILING on the ingested dataset (or continue it from its last checkpoint with ``resume``);
-    returns the final metrics (also in ``train/metrics.json``)."""
-    cfg = p.train
-    validate(cfg)
-    out = workdir(p) / "train"
-    settings = {k: as_dict(getattr(p, k)) for k in ("score", "cost", "train", "ingest")}
-    state = checkpoint.load_state(out / "checkpoint") if resume else None
-    if state is not None and state["settings"] != settings:
-        changed = sorted(f"{section}.{key}" for section in settings for key in settings[section]
-                         if state["settings"].get(section, {}).get(key) != settings[section][key])
-        raise UserError(f"the checkpoint in {out / 'checkpoint'} was made with other settings ({', '.join(changed)}); "
-                        "resume with the same settings or train without --resume")
-    tracking.check_store(tracking.tracking_uri())
-    data, expert = load_expert_model(p, say)
+def make_env(data: ExpertData) -> tuple[str, gym.Env]:
+    """The dataset's environment, checked against the expert data's dimensions."""
     env_id = data.meta["env_id"]
     if env_id is None:
         raise UserError(f"dataset {data.meta['dataset_id']} has no environment spec; cannot train a policy for it")
@@ -203,24 +183,91 @@ def train(p: Params, say: Say, resume: bool = False) -> dict[str, Any]:
     check_box_spaces(env, env_id)
     expected = env.observation_space.shape[0] + (env.action_space.shape[0] if data.meta["with_actions"] else 0)
     if expected != data.dim:
-        raise UserError(f"{env_id} gives score-model inputs of dim {expected} but the expert data has {data.dim}")
+        raise UserError(f"{env_id} gives inputs of dim {expected} but the expert data has {data.dim}")
+    return env_id, env
+
+
+def make_reward(p: Params, data: ExpertData, env: gym.Env, say: Say, device: torch.device) -> RewardModel:
+    """SMILING's score-matching reward (pretraining the expert model if needed) or DAC's discriminator."""
+    space = env.action_space if data.meta["with_actions"] else None
+    if p.train.algorithm == "dac":
+        return DacReward(data.train, data.mean, data.std, p.cost, p.baselines, space, p.train.seed, device,
+                         p.score.min_std)
+    _, expert = load_expert_model(p, say)
+    return SmilingReward(expert, p.cost, space, p.train.seed)
+
+
+def _settings(p: Params) -> dict[str, Any]:
+    sections = {"smiling": ("score", "cost", "train", "ingest"), "dac": ("cost", "train", "baselines", "ingest"),
+                "bc": ("train", "baselines", "ingest")}[p.train.algorithm]
+    return {k: as_dict(getattr(p, k)) for k in sections}
+
+
+def _tags(p: Params, data: ExpertData) -> dict[str, str]:
+    return _dvc_tags({"seed": p.train.seed, "algorithm": p.train.algorithm, "rl": p.train.rl,
+                      "variant": "state-action" if data.meta["with_actions"] else "state-only",
+                      "linear": p.score.linear, "expert_states": data.meta["train_rows"] + data.meta["val_rows"]})
+
+
+def _finish(out: Path, records: Path, p: Params, data: ExpertData, env_id: str, run: Any, policy: Any,
+            curve: list[dict[str, float]], iterations: list[dict[str, float]], metrics: dict[str, Any],
+            reward_model: Optional[Any] = None) -> dict[str, Any]:
+    """Write the policy, records and plot, and log the policy (and reward model) to MLflow."""
+    import mlflow
+
+    info = {"dataset_id": data.meta["dataset_id"], "env_id": env_id, "algorithm": p.train.algorithm,
+            "mlflow_run_id": run.info.run_id, "policy_uri": tracking.log_torch_model(policy.policy.cpu(), "policy")}
+    policy.save(out / "policy.zip")
+    if isinstance(reward_model, SmilingReward):
+        save_model(reward_model.learner, out / "reward_model.pt")
+        info["reward_model_uri"] = tracking.log_torch_model(reward_model.learner.cpu(), "learner_score_model")
+    elif isinstance(reward_model, DacReward):
+        torch.save(reward_model.d.state_dict(), out / "reward_model.pt")
+        info["reward_model_uri"] = tracking.log_torch_model(reward_model.d.cpu(), "discriminator")
+    _write_csv(records / "learning_curve.csv", curve)
+    _write_csv(records / "iterations.csv", iterations, ["iteration", "env_steps", "refit_loss", "reward_mean_expert",
+                                                         "reward_mean_learner"])
+    write_json(records / "metrics.json", metrics)
+    write_json(records / "run.json", info)
+    x = "gradient steps" if p.train.algorithm == "bc" else "env steps"
+    plot = plot_curves(out / "learning_curve.png", f"{p.train.algorithm.upper()} on {data.meta['dataset_id']}", x,
+                       "normalized return", {p.train.algorithm: [(r["env_steps"], r["normalized_return"]) for r in curve]},
+                       hline=1.0)
+    mlflow.log_artifact(str(plot))
+    return {**metrics, **info}
+
+
+def train(p: Params, say: Say, resume: bool = False) -> dict[str, Any]:
+    """Run SMILING (or DAC, or BC) on the ingested dataset, or continue it from its last checkpoint with
+    ``resume``; returns the final metrics (also in ``train_metrics/metrics.json``)."""
+    cfg = p.train
+    validate(cfg)
+    if cfg.algorithm == "bc" and not p.ingest.with_actions:
+        raise UserError("BC needs expert actions: ingest with --with-actions (or ingest.with_actions: true)")
+    out, records = workdir(p) / "train", workdir(p) / "train_metrics"
+    settings = _settings(p)
+    state = checkpoint.load_state(out / "checkpoint") if resume else None
+    if state is not None and state["settings"] != settings:
+        changed = sorted(f"{section}.{key}" for section in settings for key in settings[section]
+                         if state["settings"].get(section, {}).get(key) != settings[section][key])
+        raise UserError(f"the checkpoint in {out / 'checkpoint'} was made with other settings ({', '.join(changed)}); "
+                        "resume with the same settings or train without --resume")
+    tracking.check_store(tracking.tracking_uri())
+    data = ensure_ingested(p, say)
+    env_id, env = make_env(data)
     device = resolve_device(p.runtime.device)
     seed_everything(cfg.seed)
+    reward_model = make_reward(p, data, env, say, device) if cfg.algorithm != "bc" else None
     refs = references(data.meta, env_id)
     say(f"normalized return uses {refs.source}: random {refs.random:.1f} -> 0, expert {refs.expert:.1f} -> 1")
+    if reward_model is None:
+        return train_bc(p, data, env_id, env, refs, device, out, records, settings)
 
-    cost = CostState(expert, expert.fresh_copy(), p.cost, env.action_space if data.meta["with_actions"] else None,
-                     seed=cfg.seed)
     model = build_model(cfg, env, device, out / "checkpoint" if state else None)
-    model.replay_buffer.cost = cost  # type: ignore[union-attr]
-    refit = LearnerRefit(cost, cfg, data.val if len(data.val) else data.train)
+    model.replay_buffer.reward_model = reward_model  # type: ignore[union-attr]
+    refit = RewardRefit(reward_model, cfg, data.val if len(data.val) else data.train)
     monitor = Monitor(cfg, env_id, refs, out, refit, settings)
     refit.on_iteration = monitor.on_iteration
-
-    dataset_id = data.meta["dataset_id"]
-    tags = _dvc_tags({"seed": cfg.seed, "algorithm": "smiling", "rl": cfg.algorithm,
-                      "variant": "state-action" if data.meta["with_actions"] else "state-only",
-                      "linear": p.score.linear})
     run_id = None
     if state is not None:
         monitor.restore(state)
@@ -228,37 +275,44 @@ def train(p: Params, say: Say, resume: bool = False) -> dict[str, Any]:
         checkpoint.set_rng_state(state["rng"])
         run_id = state["run_id"]
         say(f"resuming from the checkpoint at {model.num_timesteps} env steps (MLflow run {run_id})")
-    with tracking.run("train", dataset_id, settings, tags, run_id=run_id) as run:
+    with tracking.run("train", data.meta["dataset_id"], settings, _tags(p, data), run_id=run_id) as run:
         if state is not None:
             monitor.flush(tracking.logged_until(run.info.run_id))
         remaining = cfg.steps - model.num_timesteps
         if remaining > 0:
             model.learn(remaining, callback=CallbackList([refit, monitor]), reset_num_timesteps=state is None)
-        final = monitor.curve[-1]
+        monitor.flush()
         metrics = {
             "env_steps": cfg.steps,
-            "final_normalized_return": final["normalized_return"],
+            "final_normalized_return": monitor.curve[-1]["normalized_return"],
             "best_normalized_return": max(r["normalized_return"] for r in monitor.curve),
-            "reward_evaluations": cost.evaluations,
+            "reward_evaluations": reward_model.evaluations,
             "iterations": refit.iteration,
         }
-        monitor.flush()
-        model.save(out / "policy.zip")
-        save_model(cost.learner, out / "learner_score.pt")
-        info = {
-            "dataset_id": dataset_id,
-            "env_id": env_id,
-            "mlflow_run_id": run.info.run_id,
-            "policy_uri": tracking.log_torch_model(model.policy.cpu(), "policy"),
-            "learner_score_uri": tracking.log_torch_model(cost.learner.cpu(), "learner_score_model"),
-        }
-        _write_csv(out / "learning_curve.csv", monitor.curve)
-        _write_csv(out / "iterations.csv", [vars(s) for s in monitor.iterations])
-        write_json(out / "metrics.json", metrics)
-        write_json(out / "run.json", info)
-        plot = plot_curves(out / "learning_curve.png", f"SMILING on {dataset_id}", "env steps", "normalized return",
-                           {"SMILING": [(r["env_steps"], r["normalized_return"]) for r in monitor.curve]}, hline=1.0)
-        import mlflow
+        return _finish(out, records, p, data, env_id, run, model, monitor.curve, [vars(s) for s in monitor.iterations],
+                       metrics, reward_model)
 
-        mlflow.log_artifact(str(plot))
-    return {**metrics, **info}
+
+def train_bc(p: Params, data: ExpertData, env_id: str, env: gym.Env, refs: References, device: torch.device,
+             out: Path, records: Path, settings: dict[str, Any]) -> dict[str, Any]:
+    """Behaviour cloning of the expert's (state, action) pairs into an SB3 SAC actor; no env steps."""
+    obs_dim = env.observation_space.shape[0]
+    model = SAC("MlpPolicy", env, policy_kwargs={"net_arch": list(p.train.net)}, seed=p.train.seed, device=device)
+    curve: list[dict[str, float]] = []
+
+    def evaluate(step: int) -> None:
+        result = evaluate_policy(policy_fn(model.policy, env_id), env_id, refs, p.train.eval_episodes,
+                                 seed=p.train.seed + 10_000 + len(curve) * 100)
+        curve.append({"env_steps": step, "normalized_return": result.normalized_return,
+                      "return_mean": result.return_mean, "return_std": result.return_std})
+        tracking.log_metrics({k: v for k, v in curve[-1].items() if k != "env_steps"}, step)
+
+    with tracking.run("train", data.meta["dataset_id"], settings, _tags(p, data)) as run:
+        losses = behaviour_cloning(model.policy, data.train[:, :obs_dim], data.train[:, obs_dim:], env.action_space,
+                                   p.baselines, p.train.seed, on_eval=evaluate,
+                                   eval_every=max(1, p.baselines.bc_steps // 10))
+        metrics = {"env_steps": 0, "gradient_steps": p.baselines.bc_steps, "bc_loss": losses[-1],
+                   "final_normalized_return": curve[-1]["normalized_return"],
+                   "best_normalized_return": max(r["normalized_return"] for r in curve)}
+        out.mkdir(parents=True, exist_ok=True)
+        return _finish(out, records, p, data, env_id, run, model, curve, [], metrics)

@@ -38,8 +38,8 @@ def params(path: Path, **changes: dict) -> Path:
 
 
 def outputs(workdir: Path) -> dict[str, str]:
-    train = workdir / "train"
-    return {name: (train / name).read_text() for name in ("learning_curve.csv", "iterations.csv", "metrics.json")}
+    records = workdir / "train_metrics"
+    return {name: (records / name).read_text() for name in ("learning_curve.csv", "iterations.csv", "metrics.json")}
 
 
 @pytest.fixture
@@ -81,7 +81,7 @@ def test_sigkill_then_resume_equals_an_uninterrupted_run(pretrained, tmp_path):
     assert proc.poll() is None, "the run ended before it could be killed"
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    assert not (killed / "train" / "metrics.json").exists()
+    assert not (killed / "train_metrics" / "metrics.json").exists()
 
     resumed = run_cli(["train", "--params", p, "--workdir", killed, "--resume"])
     assert resumed.exit_code == 0, resumed.output
@@ -93,9 +93,9 @@ def test_sigkill_then_resume_equals_an_uninterrupted_run(pretrained, tmp_path):
     exp = client.get_experiment_by_name(DEMOS_DATASET)
     train_runs = [r for r in client.search_runs([exp.experiment_id]) if r.data.tags["stage"] == "train"]
     assert len(train_runs) == 3  # the resumed run continued its own MLflow run
-    run_id = json.loads((killed / "train" / "run.json").read_text())["mlflow_run_id"]
+    run_id = json.loads((killed / "train_metrics" / "run.json").read_text())["mlflow_run_id"]
     assert client.get_run(run_id).info.status == "FINISHED"
-    for key in ("normalized_return", "learner_loss"):
+    for key in ("normalized_return", "refit_loss"):
         steps = [m.step for m in client.get_metric_history(run_id, key)]
         assert steps == [400, 800, 1200, 1600, 2000], (key, steps)  # no gap, no duplicate
 

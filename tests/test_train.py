@@ -18,7 +18,7 @@ import yaml
 
 from conftest import DEMOS_DATASET, make_dataset, run_cli
 from smiling_pipeline.config import CostConfig, ScoreConfig, TrainConfig
-from smiling_pipeline.rl import CostState, LearnerRefit, SmilingReplayBuffer, score_inputs
+from smiling_pipeline.rl import RewardRefit, SmilingReplayBuffer, SmilingReward, score_inputs
 from smiling_pipeline.score import ScoreModel
 
 pytestmark = pytest.mark.timeout(600)
@@ -26,10 +26,10 @@ REPO = Path(__file__).resolve().parents[1]
 TINY = ScoreConfig(hidden=32)
 
 
-def tiny_cost(dim: int, cfg: CostConfig = CostConfig(), action_space=None) -> CostState:
+def tiny_cost(dim: int, cfg: CostConfig = CostConfig(), action_space=None) -> SmilingReward:
     torch.manual_seed(0)
     expert = ScoreModel(dim, TINY, np.zeros(dim), np.ones(dim))
-    return CostState(expert, expert.fresh_copy(), cfg, action_space, seed=3)
+    return SmilingReward(expert, cfg, action_space, seed=3)
 
 
 def filled_buffer(n: int = 50) -> tuple[SmilingReplayBuffer, gym.Env]:
@@ -44,7 +44,7 @@ def filled_buffer(n: int = 50) -> tuple[SmilingReplayBuffer, gym.Env]:
 
 def test_buffer_returns_the_cost_of_the_sampled_states_not_the_env_reward():
     buffer, _ = filled_buffer()
-    buffer.cost = tiny_cost(4, CostConfig(reward_norm="none"))
+    buffer.reward_model = tiny_cost(4, CostConfig(reward_norm="none"))
     inds = np.array([3, 7, 7, 20, 41])
     samples = buffer._get_samples(inds)
     assert not torch.any(samples.rewards == 1000.0)
@@ -56,11 +56,11 @@ def test_buffer_returns_the_cost_of_the_sampled_states_not_the_env_reward():
 
 def test_buffer_normalises_per_batch_and_caches_until_the_learner_changes():
     buffer, _ = filled_buffer()
-    cost = buffer.cost = tiny_cost(4)
+    cost = buffer.reward_model = tiny_cost(4)
     inds = np.arange(32)
     first = buffer._get_samples(inds).rewards
     assert float(first.mean()) == pytest.approx(0.0, abs=1e-6)
-    assert float(first.std()) == pytest.approx(0.1, rel=1e-3)
+    assert float(first.std(correction=0)) == pytest.approx(0.1, rel=1e-3)
     evaluated = cost.evaluations
     assert torch.equal(buffer._get_samples(inds).rewards, first)  # cached: same values, no new evaluations
     assert cost.evaluations == evaluated == 32
@@ -86,11 +86,11 @@ def test_learner_refit_runs_every_iteration_and_fits_learner_states():
     cost = tiny_cost(4)
     model = SAC("MlpPolicy", env, learning_starts=100, batch_size=64, policy_kwargs={"net_arch": [16]},
                 replay_buffer_class=SmilingReplayBuffer, seed=0, device="cpu")
-    model.replay_buffer.cost = cost
+    model.replay_buffer.reward_model = cost
     before = [p.detach().clone() for p in cost.learner.parameters()]
     fresh = cost.learner.fresh_copy()
     fresh.load_state_dict(cost.learner.state_dict())
-    refit = LearnerRefit(cost, cfg, np.zeros((10, 4), dtype=np.float32))
+    refit = RewardRefit(cost, cfg, np.zeros((10, 4), dtype=np.float32))
     model.learn(300, callback=refit)
     assert refit.iteration == cost.version == 3  # at 100, 200 and 300 steps
     assert any(not torch.equal(a, b) for a, b in zip(before, cost.learner.parameters()))
@@ -142,12 +142,12 @@ def test_cli_chain_writes_outputs_and_mlflow_records(store, tmp_path):
     assert train.exit_code == 0, train.output
     assert "ingesting" in train.stderr and "pretraining first" in train.stderr
     work = tmp_path / "data" / "smiling-invertedpendulum-expert-v0"
-    metrics = json.loads((work / "train" / "metrics.json").read_text())
-    info = json.loads((work / "train" / "run.json").read_text())
+    metrics = json.loads((work / "train_metrics" / "metrics.json").read_text())
+    info = json.loads((work / "train_metrics" / "run.json").read_text())
     assert metrics["env_steps"] == 600 and metrics["iterations"] == 3
     assert (work / "train" / "checkpoint" / "model.zip").is_file()
     assert (work / "train" / "checkpoint" / "replay_buffer.pkl").is_file()
-    curve = (work / "train" / "learning_curve.csv").read_text().splitlines()
+    curve = (work / "train_metrics" / "learning_curve.csv").read_text().splitlines()
     assert curve[0].startswith("env_steps,normalized_return") and len(curve) == 3  # evaluations at 300 and 600
 
     evaluation = run_cli(["evaluate", "--params", params, "--policy", info["policy_uri"]])
@@ -171,7 +171,7 @@ def test_cli_chain_writes_outputs_and_mlflow_records(store, tmp_path):
     policy = mlflow.pytorch.load_model(info["policy_uri"])
     action, _ = policy.predict(np.zeros(4, dtype=np.float32), deterministic=True)
     assert action.shape == (1,) and -3.0 <= float(action[0]) <= 3.0
-    learner = mlflow.pytorch.load_model(info["learner_score_uri"])
+    learner = mlflow.pytorch.load_model(info["reward_model_uri"])
     assert isinstance(learner, ScoreModel) and learner.dim == 4
 
 
@@ -183,7 +183,7 @@ def test_variants_train_end_to_end(store, tmp_path, flags, dim):
     work = tmp_path / "data" / "smiling-invertedpendulum-expert-v0"
     from smiling_pipeline.score import load_model
 
-    learner, _ = load_model(work / "train" / "learner_score.pt")
+    learner, _ = load_model(work / "train" / "reward_model.pt")
     assert learner.dim == dim
     assert learner.cfg.linear == ("--linear" in flags)
 
