@@ -112,7 +112,7 @@ def behaviour_cloning(policy: Any, states: np.ndarray, actions: np.ndarray, spac
         loss.backward()
         optimizer.step()
         if step % eval_every == 0 or step == cfg.bc_steps:
-            losses.append(float(loss))
+            losses.append(loss.item())
             if on_eval:
                 policy.set_training_mode(False)
                 on_eval(step)

@@ -105,9 +105,9 @@ def test_float_fields_accept_exponents_and_ints(tmp_path):
 
 
 def test_values_are_read(tmp_path):
-    p = load(tmp_path, "train:\n  net: [32, 16]\n  learner_window: null\n  algorithm: td3\n"
+    p = load(tmp_path, "train:\n  net: [32, 16]\n  learner_window: null\n  algorithm: dac\n  rl: td3\n"
                        "ingest:\n  num_states: null\n  with_actions: true\n")
-    assert p.train.net == (32, 16) and p.train.learner_window is None and p.train.algorithm == "td3"
+    assert p.train.net == (32, 16) and p.train.learner_window is None and p.train.algorithm == "dac" and p.train.rl == "td3"
     assert p.ingest.num_states is None and p.ingest.with_actions is True
     assert p.pretrain == C.PretrainConfig()  # untouched sections keep their defaults
 
