@@ -309,7 +309,7 @@ def main() -> None:
         if e.format_message():  # empty when the help was shown for a bare `smiling-cli`
             typer.echo(f"error: {e.format_message()} (see --help)", err=True)
         sys.exit(e.exit_code)
-    except click_errors.Abort:
+    except typer.Abort:  # Ctrl-C at a prompt
         sys.exit(130)
     sys.exit(code if isinstance(code, int) else 0)
 

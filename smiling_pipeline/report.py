@@ -53,33 +53,41 @@ def write_report(workdir: Path, reports: Path) -> Path:
     """Learning curve, cost/DS-divergence and score-loss plots plus ``summary.md`` from a run's outputs."""
     records = workdir / "train_metrics"
     needed = [records / "learning_curve.csv", records / "iterations.csv", records / "metrics.json",
-              records / "run.json", workdir / "pretrain" / "loss.json"]
+              records / "run.json"]
     missing = [str(p) for p in needed if not p.is_file()]
     if missing:
         raise UserError(f"cannot report: missing {', '.join(missing)}; run `smiling-cli train` first")
     curve = _read_csv(needed[0])
     iters = _read_csv(needed[1])
     train = {**_read_json(needed[2]), **_read_json(needed[3])}
-    loss = _read_json(needed[4])
+    pretrain = workdir / "pretrain" / "loss.json"  # baselines need no expert score model
+    loss = _read_json(pretrain) if pretrain.is_file() else {"train": [], "val": []}
     evaluation = workdir / "evaluate"
     final = ({**_read_json(evaluation / "metrics.json"), **_read_json(evaluation / "run.json")}
              if (evaluation / "run.json").is_file() else None)
     dataset = train["dataset_id"]
 
     name = train["algorithm"].upper()
-    plot_curves(reports / "learning_curve.png", f"{name} on {dataset}", "env steps", "normalized return",
+    x = "gradient steps" if train["algorithm"] == "bc" else "env steps"
+    plot_curves(reports / "learning_curve.png", f"{name} on {dataset}", x, "normalized return",
                 {f"{name} (evaluation episodes)": [(r["env_steps"], r["normalized_return"]) for r in curve]}, hline=1.0)
-    plot_curves(reports / "cost.png", "SMILING reward during training", "iteration", "mean unnormalised reward (symlog)",
-                {"on expert states (SMILING: the DS divergence estimate)": [(r["iteration"], r["reward_mean_expert"]) for r in iters],
+    reward = {"smiling": "SMILING reward (on expert states: the DS divergence estimate)",
+              "dac": "DAC reward -log(1 - sigmoid(D))", "bc": "BC learns no reward"}[train["algorithm"]]
+    plot_curves(reports / "cost.png", reward, "iteration", "mean unnormalised reward (symlog)",
+                {"on expert states": [(r["iteration"], r["reward_mean_expert"]) for r in iters],
                  "on learner states": [(r["iteration"], r["reward_mean_learner"]) for r in iters]},
                 hline=0.0, yscale="symlog")
-    plot_curves(reports / "score_losses.png", "Score-model denoising losses", "step / iteration", "loss",
+    refit = {"smiling": "learner score refit", "dac": "discriminator refit"}.get(train["algorithm"])
+    plot_curves(reports / "score_losses.png", "Score-model and refit losses", "step / iteration", "loss",
                 {"expert pretraining (train)": loss["train"], "expert pretraining (validation)": loss["val"],
-                 "learner refit (per iteration)": [(r["iteration"], r["refit_loss"]) for r in iters]}, yscale="log")
+                 **({f"{refit} (per iteration)": [(r["iteration"], r["refit_loss"]) for r in iters]} if refit else {})},
+                yscale="log")
+    steps = (f"{int(train['gradient_steps'])} gradient steps on expert pairs" if train["algorithm"] == "bc"
+             else f"{int(train['env_steps'])} env steps, {int(train['iterations'])} reward refits")
     lines = [
         f"# {name} run on `{dataset}`",
         "",
-        f"- Environment: `{train['env_id']}`, {int(train['env_steps'])} env steps, {int(train['iterations'])} learner refits",
+        f"- Environment: `{train['env_id']}`, {steps}",
         f"- Final normalized return during training: **{train['final_normalized_return']:.3f}** "
         f"(best {train['best_normalized_return']:.3f})",
     ]

@@ -95,6 +95,10 @@ def test_baselines_run_through_the_cli_and_log_like_smiling(recorded, monkeypatc
     assert len(client.get_metric_history(info["mlflow_run_id"], "normalized_return")) >= 2
     evaluation = run_cli(["evaluate", "--params", p])
     assert evaluation.exit_code == 0, evaluation.output
+    report = run_cli(["report", "--params", p, "--out", tmp_path / "reports"])
+    assert report.exit_code == 0, report.output
+    summary = (tmp_path / "reports" / "summary.md").read_text()
+    assert ("gradient steps on expert pairs" in summary) == (algorithm == "bc")
 
 
 def test_bc_without_actions_is_refused(recorded, monkeypatch, tmp_path):
