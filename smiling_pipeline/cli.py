@@ -278,17 +278,51 @@ def evaluate(
 @app.command()
 @handles_user_errors
 def report(
-    out: Annotated[Path, typer.Option("--out", help="Folder for the PNGs and summary.md.")] = Path("reports"),
-    dataset: Annotated[Optional[str], typer.Option("--dataset", help="Minari id of the run [params: ingest.dataset].")] = None,
+    out: Annotated[Optional[Path], typer.Option(
+        "--out", help="Folder for the PNGs and markdown [default: reports, or reports/compare with --compare].")] = None,
+    dataset: Annotated[Optional[str], typer.Option(
+        "--dataset", help="Minari id of the run [params: ingest.dataset]; with --compare: only this dataset.")] = None,
+    compare: Annotated[bool, typer.Option(
+        "--compare", help="Compare all finished train runs in the MLflow store over seeds and algorithms.")] = False,
+    exp_prefix: Annotated[Optional[str], typer.Option(
+        "--exp-prefix", help="With --compare: only DVC experiments whose name starts with this, e.g. cmp-.")] = None,
     params: ParamsOpt = None,
     workdir: WorkdirOpt = None,
     minari_root: RootOpt = None,
 ) -> None:
-    """Plots (learning curve, cost and DS divergence, score losses) and a markdown summary of a run."""
+    """Plots and a markdown summary of one run, or (--compare) of SMILING vs baselines over seeds from MLflow."""
+    if compare:
+        from smiling_pipeline.compare import write_comparison
+        from smiling_pipeline.tracking import tracking_uri
+
+        typer.echo(f"comparison written: {write_comparison(tracking_uri(), out or Path('reports/compare'), dataset, exp_prefix)}")
+        return
+    if exp_prefix:
+        raise UserError("--exp-prefix only applies with --compare")
     from smiling_pipeline.report import write_report
 
     p = with_section(setup(params, workdir, minari_root), "ingest", dataset=dataset)
-    typer.echo(f"report written: {write_report(workdir_for(p), out)}")
+    typer.echo(f"report written: {write_report(workdir_for(p), out or Path('reports'))}")
+
+
+@app.command()
+@handles_user_errors
+def sweep(
+    sweep_file: Annotated[Path, typer.Argument(help="Sweep grid, e.g. sweeps/compare.yaml.")],
+    jobs: Annotated[int, typer.Option("--jobs", "-j", min=1, help="DVC queue workers to start.")] = 2,
+    start: Annotated[bool, typer.Option("--start/--no-start", help="Start the DVC queue after queueing.")] = True,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="List the experiments without queueing them.")] = False,
+    params: ParamsOpt = None,
+) -> None:
+    """Queue seeds x algorithms x variants x datasets as DVC experiments (then: dvc queue status, report --compare)."""
+    from smiling_pipeline.sweep import queue
+
+    cells = queue(sweep_file, params or Path("params.yaml"), jobs, start, dry_run)
+    for cell in cells:
+        typer.echo(f"{cell.name}: " + " ".join(f"{k}={v}" for k, v in cell.overrides.items()))
+    verb = "would queue" if dry_run else "queued"
+    typer.echo(f"{verb} {len(cells)} experiments" + ("" if dry_run or not start else
+                                                      f"; {jobs} workers started, follow with `dvc queue status`"))
 
 
 def say(message: str) -> None:

@@ -1,0 +1,125 @@
+"""The comparison report on a small synthetic MLflow store, and sweep expansion (no DVC queue run)."""
+
+from __future__ import annotations
+
+import re
+
+import mlflow
+import numpy as np
+import pytest
+import yaml
+
+from conftest import assert_user_error, run_cli
+from smiling_pipeline.compare import load_runs, mean_ci, mean_curve, write_comparison
+
+DATASET = "smiling/toy/expert-v0"
+
+
+def log_run(client, exp, algorithm, variant, seed, curve, states=5000, status="FINISHED", dvc_exp=None):
+    tags = {"stage": "train", "dataset": DATASET, "algorithm": algorithm, "variant": variant, "rl": "sac",
+            "seed": str(seed), "expert_states": str(states)}
+    if dvc_exp:
+        tags["dvc_exp"] = dvc_exp
+    run = client.create_run(exp, tags=tags)
+    for step, value in curve:
+        client.log_metric(run.info.run_id, "normalized_return", value, step=step)
+    client.set_terminated(run.info.run_id, status=status)
+    return run.info.run_id
+
+
+@pytest.fixture
+def store(tmp_path):
+    """Four SMILING seeds (finals 0, .2, .6, 1), a superseded and an unfinished run, BC, and DAC at two sizes."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    exp = client.create_experiment(DATASET)
+    log_run(client, exp, "smiling", "state-only", 0, [(1000, 0.9), (2000, 0.9)])  # superseded by the rerun below
+    for seed, final in enumerate([0.0, 0.2, 0.6, 1.0]):
+        log_run(client, exp, "smiling", "state-only", seed, [(1000, 0.1), (2000, final)], dvc_exp=f"cmp-s{seed}")
+    log_run(client, exp, "smiling", "state-only", 7, [(1000, 5.0)], status="KILLED")
+    for seed in range(3):
+        log_run(client, exp, "bc", "state-action", seed, [(500, 0.5), (1000, 0.7 + 0.1 * seed)])
+        for states, final in [(5000, 0.9), (200, 0.3)]:
+            log_run(client, exp, "dac", "state-only", seed, [(1000, 0.0), (3000, final)], states=states)
+    return uri
+
+
+def table_row(markdown, variant, algorithm, states):
+    for line in markdown.splitlines():
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        if cells[:3] == [variant, algorithm, str(states)]:
+            return [float(c) for c in cells[3:]]
+    raise AssertionError(f"no row {variant} {algorithm} {states} in\n{markdown}")
+
+
+def test_comparison_table_plots_and_run_selection(store, tmp_path):
+    out = write_comparison(store, tmp_path / "compare")
+    text = out.read_text()
+    seeds, mean, se, iqm = table_row(text, "state-only", "SMILING", 5000)
+    # latest run per seed; the KILLED run and the superseded seed-0 run are not counted
+    assert (seeds, mean, se, iqm) == (4, 0.45, pytest.approx(0.222, abs=1e-3), 0.4)
+    assert table_row(text, "state-action", "BC", 5000) == [3, 0.8, pytest.approx(0.058, abs=1e-3), 0.8]
+    assert table_row(text, "state-only", "DAC", 200)[:2] == [3, 0.3]
+    folder = tmp_path / "compare"
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "comparison.md", "smiling-toy-expert-v0_curves.png", "smiling-toy-expert-v0_data_efficiency.png"]
+    assert all(p.stat().st_size > 10_000 for p in folder.glob("*.png"))
+
+
+def test_exp_prefix_keeps_only_named_experiments(store):
+    runs = load_runs(store, exp_prefix="cmp-")
+    assert {(r.algorithm, r.seed) for r in runs} == {("smiling", s) for s in range(4)}
+
+
+def test_curves_average_only_steps_every_seed_evaluated():
+    from smiling_pipeline.compare import RunCurve
+
+    a = RunCurve("d", "state-only", "smiling", "sac", 10, 0, (1, 2, 3), (0.0, 0.5, 1.0))
+    b = RunCurve("d", "state-only", "smiling", "sac", 10, 1, (2, 3), (0.1, 0.4))
+    steps, mean, half = mean_curve([a, b])
+    assert steps.tolist() == [2, 3] and np.allclose(mean, [0.3, 0.7])
+    # two seeds: t(0.975, 1) = 12.706 times the standard error
+    assert half[1] == pytest.approx(12.706 * np.std([1.0, 0.4], ddof=1) / np.sqrt(2), rel=1e-3)
+    assert mean_ci(np.array([0.3])) == (0.3, 0.0)
+
+
+def test_compare_cli_writes_reports_and_refuses_an_empty_store(store, tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
+    ok = run_cli(["report", "--compare", "--out", tmp_path / "cmp", "--dataset", DATASET])
+    assert ok.exit_code == 0, ok.output
+    assert (tmp_path / "cmp" / "comparison.md").is_file()
+    assert_user_error(run_cli(["report", "--compare", "--out", tmp_path / "x", "--dataset", "nope/none-v0"]),
+                      "no MLflow experiment", "nope/none-v0")
+    assert_user_error(run_cli(["report", "--compare", "--out", tmp_path / "x", "--exp-prefix", "zzz-"]),
+                      "no finished train runs", "zzz-")
+    assert not (tmp_path / "x").exists()
+
+
+def test_sweep_expands_grids_and_validates_before_queueing(tmp_path):
+    sweep = {"name": "t", "datasets": {"a": {}, "b": {"train.steps": 500}},
+             "grids": [{"datasets": ["a", "b"], "seeds": [0, 1]},
+                       {"datasets": ["a"], "algorithms": ["smiling"], "variants": ["state-only"],
+                        "expert_states": [100]}]}
+    path, params = tmp_path / "sweep.yaml", tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(sweep))
+    params.write_text("train:\n  steps: 1000\n")
+    run = run_cli(["sweep", path, "--dry-run", "--params", params])
+    assert run.exit_code == 0, run.output
+    names = re.findall(r"^(t-\S+):", run.stdout, flags=re.M)
+    # 2 datasets x ((smiling, dac) x 2 variants + BC state-action) x 2 seeds, + small-data cells x 3 default seeds
+    assert len(names) == 2 * 5 * 2 + 3 and "would queue 23 experiments" in run.stdout
+    assert not any("-bc-so-" in n for n in names)
+    assert "t-b-dac-sa-s1: train.steps=500 train.algorithm=dac train.seed=1 pretrain.seed=1 ingest.with_actions=True" \
+        in run.stdout
+    assert "t-a-smiling-so-n100-s0" in names
+
+    sweep["datasets"]["b"] = {"train.stepz": 500}
+    path.write_text(yaml.safe_dump(sweep))
+    assert_user_error(run_cli(["sweep", path, "--dry-run", "--params", params]), "train.stepz")
+    sweep["datasets"]["b"] = {"train.steps": "many"}
+    path.write_text(yaml.safe_dump(sweep))
+    assert_user_error(run_cli(["sweep", path, "--dry-run", "--params", params]), "t-b-smiling-so-s0", "train.steps")
+    sweep["datasets"]["b"] = {}
+    sweep["grids"][1]["datasets"] = ["c"]
+    path.write_text(yaml.safe_dump(sweep))
+    assert_user_error(run_cli(["sweep", path, "--dry-run", "--params", params]), "'c'")
