@@ -23,6 +23,7 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
+    rich_markup_mode=None,  # help texts show "[params: section.key]" literally, not as Rich markup
 )
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -128,7 +129,7 @@ def _fmt(x: Any) -> str:
 def demos(
     env: Annotated[Optional[str], typer.Option("--env", help="Gymnasium env id [params: demos.env_id].")] = None,
     dataset_id: Annotated[Optional[str], typer.Option("--dataset-id", help="Id of the new dataset, e.g. smiling/hopper/expert-v0.")] = None,
-    expert_steps: Annotated[Optional[int], typer.Option("--expert-steps", min=1, help="SAC true-reward steps for the expert.")] = None,
+    expert_steps: Annotated[Optional[int], typer.Option("--expert-steps", min=1, help="True-reward training steps of the expert [params: demos.expert_steps].")] = None,
     episodes: Annotated[Optional[int], typer.Option("--episodes", min=1, help="Expert episodes to record.")] = None,
     random_episodes: Annotated[Optional[int], typer.Option("--random-episodes", min=1, help="Random-policy episodes for ref_min_score.")] = None,
     algorithm: Annotated[Optional[str], typer.Option("--algorithm", help="Expert algorithm: sac | ppo [params: demos.algorithm].")] = None,
@@ -141,7 +142,7 @@ def demos(
     device: DeviceOpt = None,
     threads: ThreadsOpt = None,
 ) -> None:
-    """Make a local expert dataset: train SAC on the true reward (or load --policy), record with Minari."""
+    """Make a local expert dataset: train an SB3 expert (PPO or SAC) on the true reward (or load --policy), record with Minari."""
     from smiling_pipeline.demos import make_demos, minari_root as store
     from smiling_pipeline.io import write_json
     from smiling_pipeline.runtime import resolve_device

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Optional
 
 import numpy as np
-from scipy import stats
+from scipy import stats  # trim_mean: the IQM
 
 from smiling_pipeline.errors import UserError
 from smiling_pipeline.io import atomic_dir
@@ -92,12 +92,15 @@ def load_runs(tracking_uri: str, dataset: Optional[str] = None, exp_prefix: Opti
     return sorted(latest.values(), key=lambda c: (c.dataset, c.variant, c.algorithm, c.expert_states, c.seed))
 
 
-def mean_ci(values: np.ndarray) -> tuple[float, float]:
-    """Mean and half-width of the Student-t 95% confidence interval (0 for a single value)."""
-    n = len(values)
-    if n < 2:
-        return float(values.mean()), 0.0
-    return float(values.mean()), float(stats.t.ppf(0.975, n - 1) * values.std(ddof=1) / math.sqrt(n))
+def mean_ci(values: np.ndarray, resamples: int = 2_000) -> tuple[float, float, float]:
+    """Mean and the 95% percentile-bootstrap interval over seeds (as rliable reports; stays within the data)."""
+    mean = float(values.mean())
+    if len(values) < 2:
+        return mean, mean, mean
+    rng = np.random.default_rng(0)  # fixed: the same runs give the same report
+    boot = values[rng.integers(0, len(values), (resamples, len(values)))].mean(axis=1)
+    lo, hi = np.percentile(boot, [2.5, 97.5])
+    return mean, float(lo), float(hi)
 
 
 def summarise(group: list[RunCurve]) -> Summary:
@@ -109,12 +112,12 @@ def summarise(group: list[RunCurve]) -> Summary:
                    se, float(stats.trim_mean(finals, 0.25)))
 
 
-def mean_curve(group: list[RunCurve]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Steps every seed evaluated at, with the mean and 95% half-width over seeds there."""
+def mean_curve(group: list[RunCurve]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Steps every seed evaluated at, with the mean and the 95% interval over seeds there."""
     common = sorted(set.intersection(*(set(c.steps) for c in group)))
     rows = [[dict(zip(c.steps, c.returns))[s] for c in group] for s in common]
-    means, halves = zip(*(mean_ci(np.array(r)) for r in rows)) if rows else ((), ())
-    return np.array(common), np.array(means), np.array(halves)
+    stats_at = np.array([mean_ci(np.array(r)) for r in rows]).reshape(-1, 3)
+    return np.array(common), stats_at[:, 0], stats_at[:, 1], stats_at[:, 2]
 
 
 def _groups(runs: list[RunCurve]) -> dict[tuple[str, str, str, int], list[RunCurve]]:
@@ -147,13 +150,13 @@ def plot_learning_curves(path: Path, dataset: str, groups: dict[tuple[str, str, 
             color = COLORS.get(group[0].algorithm)
             name = f"{label} (n={len(group)})"
             if group[0].algorithm == "bc":
-                m, h = mean_ci(np.array([c.final for c in group]))
+                m, lo, hi = mean_ci(np.array([c.final for c in group]))
                 ax.axhline(m, color=color, ls="--", label=name)
-                ax.axhspan(m - h, m + h, color=color, alpha=0.15)
+                ax.axhspan(lo, hi, color=color, alpha=0.15)
                 continue
-            x, m, h = mean_curve(group)
+            x, m, lo, hi = mean_curve(group)
             ax.plot(x, m, color=color, label=name)
-            ax.fill_between(x, m - h, m + h, color=color, alpha=0.2)
+            ax.fill_between(x, lo, hi, color=color, alpha=0.2)
         ax.axhline(1.0, color="grey", lw=1, ls=":")
         ax.set(title=f"{variant}", xlabel="env steps")
         ax.grid(alpha=0.3)
@@ -162,7 +165,7 @@ def plot_learning_curves(path: Path, dataset: str, groups: dict[tuple[str, str, 
         else:
             ax.text(0.5, 0.5, "no runs", ha="center", va="center", transform=ax.transAxes, color="grey")
     axes[0].set_ylabel("normalized return")
-    fig.suptitle(f"{dataset}: {states} expert states, mean and 95% CI over seeds")
+    fig.suptitle(f"{dataset}: {states} expert states, mean and 95% bootstrap CI over seeds")
     fig.tight_layout()
     fig.savefig(path, format="png")
     plt.close(fig)
@@ -200,7 +203,7 @@ def write_comparison(tracking_uri: str, out: Path, dataset: Optional[str] = None
     lines = ["# SMILING vs baselines", "",
              "Final normalized return = the last evaluation during training (random policy 0, expert 1); "
              "mean, standard error (SE) and interquartile mean (IQM, 25% trimmed) over seeds. "
-             "Bands in the plots are Student-t 95% confidence intervals over seeds.", ""]
+             "Bands in the plots are 95% percentile-bootstrap intervals over seeds.", ""]
     with atomic_dir(out) as tmp:
         for d in sorted({c.dataset for c in runs}):
             slug, here = _slug(d), [c for c in runs if c.dataset == d]

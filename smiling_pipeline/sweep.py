@@ -10,6 +10,7 @@ from __future__ import annotations
 import itertools
 import shutil
 import subprocess
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Optional
@@ -116,7 +117,10 @@ def queue(sweep_file: Path, params_file: Path, jobs: int, start: bool, dry_run: 
 
 
 def _dvc(args: list[str]) -> None:
-    result = subprocess.run(args, capture_output=True, text=True)
-    if result.returncode != 0:
-        lines = (result.stderr or result.stdout).strip().splitlines()
-        raise UserError(f"`{' '.join(args[1:4])} ...` failed: {lines[-1] if lines else result.returncode}")
+    """Run a dvc command; output goes to a file, since queue workers inherit (and would hold open) a pipe."""
+    with tempfile.TemporaryFile("w+") as log:
+        code = subprocess.run(args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL).returncode
+        log.seek(0)
+        lines = log.read().strip().splitlines()
+    if code != 0:
+        raise UserError(f"`{' '.join(args[1:4])} ...` failed: {lines[-1] if lines else f'exit code {code}'}")

@@ -1,0 +1,337 @@
+"""Training overhead: env steps per second of SMILING vs plain SB3 SAC on the environment's reward.
+
+Run:  .venv/bin/python benchmarks/training_overhead.py [--quick]      (also part of benchmarks/run_all.py)
+
+Both learners are built the way ``smiling-cli train`` builds them, in one process, one torch thread:
+
+- **SMILING**: ``smiling_pipeline.train.build_model`` (SAC, ``SmilingReplayBuffer``, the pipeline's
+  ``TrainConfig`` defaults: lr 3e-4, batch 256, train_freq 1 / gradient_steps 1, learning_starts
+  1000, ent_coef auto_0.1) with the pipeline's reward object (``rl.SmilingReward``, or
+  ``rl.CostState`` in older trees) and refit callback (``rl.RewardRefit`` / ``rl.LearnerRefit``):
+  learner refit every 1000 env steps (200 AdamW steps of batch 1024) plus the per-iteration
+  statistics the callback computes. The refit is part of the algorithm, so it is inside the timing.
+  The expert score model is a default ``ScoreConfig`` model fitted briefly on a few thousand states
+  of seeded random rollouts: the reward's compute does not depend on the weights' values.
+- **SAC**: ``stable_baselines3.SAC`` with the same ``net_arch``, buffer size, lr, batch, learning_starts,
+  train_freq, gradient_steps and ent_coef, on the environment's reward (plain ``ReplayBuffer``).
+
+For each (env, net) and repeat, one SAC and one SMILING learner (same seed) live in the same process
+and advance **in lockstep**: 250 env steps of SAC, 250 of SMILING, and so on (``learn(250,
+reset_num_timesteps=False)``), so both see the same machine load second by second. The random-action
+steps before ``learning_starts`` are not timed; the timed part is env steps 1000 ... 999 + M with
+their M gradient updates and, for SMILING, all reward evaluations and the M / 1000 refits (at steps
+1000, 2000, ...). Reported: steps/s (median over repeats), the SMILING/SAC wall-time ratio (median
+over repeats), and SMILING's time split into reward evaluation of sampled rows, refit (fit +
+statistics) and the rest (SAC's own work, shared with the baseline).
+
+*Late* rows (full run): the same comparison with the replay buffer pre-filled with N synthetic
+transitions before training starts, as it is late in a long run. Within an iteration the buffer
+caches each row's reward, so SMILING evaluates about min(buffer rows, 256 x 1000) distinct rows per
+iteration: cheap while the buffer is small, growing with it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import gc
+import json
+import os
+import statistics
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import numpy as np
+import torch
+from stable_baselines3.common.callbacks import BaseCallback
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+TARGET_RATIO = 1.3
+
+
+# ----------------------------------------------------------------------------------- building blocks
+
+
+def make_env(env_id: str) -> Any:
+    import gymnasium as gym
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return gym.make(env_id)
+
+
+def random_states(env_id: str, n: int, seed: int, episode_len: int = 200) -> np.ndarray:
+    """``n`` observations from seeded uniform-random rollouts."""
+    env = make_env(env_id)
+    rng = np.random.default_rng(seed)
+    out: list[np.ndarray] = []
+    episode = 0
+    while len(out) < n:
+        obs, _ = env.reset(seed=seed * 10_000 + episode)
+        episode += 1
+        for _ in range(episode_len):
+            out.append(obs)
+            obs, _, terminated, truncated, _ = env.step(rng.uniform(env.action_space.low, env.action_space.high))
+            if terminated or truncated or len(out) >= n:
+                break
+    env.close()
+    return np.asarray(out[:n], dtype=np.float32)
+
+
+def expert_model(env_id: str, seed: int = 0, n: int = 3_000, fit_steps: int = 50) -> tuple[Any, np.ndarray]:
+    """A default-config expert score model (briefly fitted) and 2,048 validation rows for the refit statistics."""
+    from smiling_pipeline.config import ScoreConfig
+    from smiling_pipeline.score import FitSettings, ScoreModel, fit
+
+    states = random_states(env_id, n, seed)
+    torch.manual_seed(seed)
+    model = ScoreModel(states.shape[1], ScoreConfig(), states.mean(0), states.std(0))
+    fit(model, states, FitSettings(steps=fit_steps), seed=seed)
+    return model.eval(), states[-2048:]
+
+
+class SmilingParts:
+    """The pipeline's reward object and refit callback, whichever API this tree has."""
+
+    def __init__(self) -> None:
+        from smiling_pipeline import rl
+
+        self.rl = rl
+        self.new_api = hasattr(rl, "SmilingReward")
+
+    def reward(self, expert: Any, cost_cfg: Any, seed: int) -> Any:
+        if self.new_api:
+            return self.rl.SmilingReward(expert, cost_cfg, None, seed)
+        return self.rl.CostState(expert, expert.fresh_copy(), cost_cfg, None, seed=seed)
+
+    def attach(self, model: Any, reward: Any) -> None:
+        setattr(model.replay_buffer, "reward_model" if self.new_api else "cost", reward)
+
+    def refit_class(self) -> type:
+        return self.rl.RewardRefit if self.new_api else self.rl.LearnerRefit
+
+
+@dataclasses.dataclass
+class RunResult:
+    algo: str
+    env_id: str
+    net: tuple[int, ...]
+    seed: int
+    steps: int
+    seconds: float
+    reward_seconds: float = 0.0  # SMILING: reward evaluations of sampled rows (in the replay buffer)
+    refit_seconds: float = 0.0  # SMILING: refit callback (learner fit + its statistics)
+    rows_evaluated: int = 0  # SMILING: rows whose reward was computed for sampled batches
+    refits: int = 0
+    prefill: int = 0
+
+    @property
+    def steps_per_s(self) -> float:
+        return self.steps / self.seconds
+
+
+def prefill_buffer(buffer: Any, n: int, seed: int) -> None:
+    """Put ``n`` synthetic transitions into an SB3 replay buffer (what it holds late in a long run)."""
+    rng = np.random.default_rng(seed)
+    d = buffer.observations.shape[-1]
+    for i in range(0, n, 50_000):
+        m = min(50_000, n - i)
+        buffer.observations[i : i + m, 0] = rng.standard_normal((m, d), dtype=np.float32)
+        buffer.next_observations[i : i + m, 0] = rng.standard_normal((m, d), dtype=np.float32)
+        buffer.actions[i : i + m, 0] = rng.uniform(-1, 1, (m, buffer.actions.shape[-1])).astype(np.float32)
+        buffer.rewards[i : i + m, 0] = rng.standard_normal(m, dtype=np.float32)
+    buffer.pos = n
+
+
+class Learner:
+    """One training run advanced in chunks of env steps (``learn(n, reset_num_timesteps=False)``), timing each."""
+
+    def __init__(self, algo: str, env_id: str, net: tuple[int, ...], seed: int, steps: int, expert: Any,
+                 expert_val: np.ndarray, prefill: int = 0, k: Optional[int] = None):
+        from stable_baselines3 import SAC
+
+        from smiling_pipeline.config import CostConfig, TrainConfig
+        from smiling_pipeline.runtime import seed_everything
+        from smiling_pipeline.train import build_model
+
+        base = TrainConfig()
+        self.start = base.learning_starts
+        self.stop = self.start + steps
+        cfg = dataclasses.replace(base, steps=self.stop + prefill, net=tuple(net), seed=seed)
+        self.env = make_env(env_id)
+        seed_everything(seed)
+        self.result = RunResult(algo, env_id, tuple(net), seed, steps, 0.0, prefill=prefill)
+        self.callback: Any = None
+        self.timers = {"reward": 0.0, "refit": 0.0, "rows": 0, "in_refit": False}
+        if algo == "sac":
+            self.model = SAC("MlpPolicy", self.env, ent_coef=cfg.ent_coef, learning_rate=cfg.lr,
+                             buffer_size=cfg.steps + 1, learning_starts=cfg.learning_starts, batch_size=cfg.batch_size,
+                             gamma=cfg.gamma, policy_kwargs={"net_arch": list(cfg.net)}, seed=seed, device="cpu",
+                             verbose=0)
+        else:
+            parts = SmilingParts()
+            cost_cfg = CostConfig() if k is None else dataclasses.replace(CostConfig(), timesteps=k)
+            reward = parts.reward(expert, cost_cfg, seed)
+            self.model = build_model(cfg, self.env, torch.device("cpu"), None)
+            parts.attach(self.model, reward)
+            stop, timers, result = self.stop, self.timers, self.result
+
+            class Refit(parts.refit_class()):  # type: ignore[misc]
+                def due(self, steps: int) -> bool:  # no refit at the step that ends the window
+                    return super().due(steps) and steps < stop
+
+            refit = Refit(reward, cfg, expert_val)
+            rewards_fn, refit_fn = reward.rewards, refit.refit
+
+            def timed_rewards(rows: torch.Tensor) -> torch.Tensor:
+                t0 = time.perf_counter()
+                out = rewards_fn(rows)
+                if not timers["in_refit"]:
+                    timers["reward"] += time.perf_counter() - t0
+                    timers["rows"] += len(rows)
+                return out
+
+            def timed_refit() -> Any:
+                t0 = time.perf_counter()
+                timers["in_refit"] = True
+                try:
+                    return refit_fn()
+                finally:
+                    timers["in_refit"] = False
+                    timers["refit"] += time.perf_counter() - t0
+                    result.refits += 1
+
+            reward.rewards = timed_rewards
+            refit.refit = timed_refit
+            self.callback = refit
+        if prefill:
+            prefill_buffer(self.model.replay_buffer, prefill, seed)
+
+    def advance(self, n: int) -> float:
+        """Run ``n`` more env steps (with their updates); returns the seconds it took."""
+        t0 = time.perf_counter()
+        self.model.learn(n, callback=self.callback, reset_num_timesteps=self.model.num_timesteps == 0)
+        return time.perf_counter() - t0
+
+    def warm_up(self) -> None:
+        """Untimed: the random-action steps before learning starts (the step that reaches
+        ``learning_starts`` is timed, with the first refit it triggers)."""
+        self.advance(self.start - 1)
+        self.timers.update(reward=0.0, refit=0.0, rows=0)
+        self.result.refits = 0
+
+    def close(self) -> RunResult:
+        r = self.result
+        r.reward_seconds, r.refit_seconds, r.rows_evaluated = self.timers["reward"], self.timers["refit"], self.timers["rows"]
+        self.env.close()
+        del self.model
+        gc.collect()
+        return r
+
+
+def lockstep(learners: list[Learner], steps: int, chunk: int) -> None:
+    """Advance the learners in turn, ``chunk`` env steps at a time, until each has run ``steps`` timed steps:
+    they see the same machine load, second by second."""
+    for ln in learners:
+        ln.warm_up()
+    done = 0
+    while done < steps:
+        n = min(chunk, steps - done)
+        for ln in learners:
+            ln.result.seconds += ln.advance(n)
+        done += n
+    for ln in learners:
+        assert ln.model.num_timesteps == ln.stop - 1, (ln.model.num_timesteps, ln.stop)
+
+
+# ------------------------------------------------------------------------------------------- driver
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    envs: dict  # env id -> timed env steps
+    nets: tuple
+    repeats: int
+    late: tuple  # (env id, net, prefill rows, steps) rows
+    chunk: int = 250  # env steps per turn in the lockstep alternation
+
+
+FULL = Settings({"InvertedPendulum-v5": 5_000, "Hopper-v5": 3_000, "Humanoid-v5": 3_000}, ((64, 64), (256, 256)),
+                repeats=2, late=(("Hopper-v5", (64, 64), 100_000, 1_000), ("Humanoid-v5", (256, 256), 100_000, 1_000)))
+QUICK = Settings({"InvertedPendulum-v5": 2_000, "Hopper-v5": 1_000, "Humanoid-v5": 1_000}, ((64, 64),), repeats=1,
+                 late=())
+
+
+def pair_rows(runs: list[RunResult]) -> dict:
+    """Summary of the alternating SAC / SMILING runs of one configuration."""
+    sac = [r for r in runs if r.algo == "sac"]
+    smi = [r for r in runs if r.algo == "smiling"]
+    ratios = [b.seconds / a.seconds for a, b in zip(sac, smi)]
+    s = smi[0]
+    med = lambda xs: statistics.median(xs)  # noqa: E731
+    smi_s = med([r.seconds for r in smi])
+    return {
+        "env": s.env_id, "net": list(s.net), "steps": s.steps, "prefill": s.prefill, "repeats": len(ratios),
+        "sac_steps_per_s": med([r.steps_per_s for r in sac]), "smiling_steps_per_s": med([r.steps_per_s for r in smi]),
+        "ratio": med(ratios), "ratios": ratios, "meets_target": med(ratios) <= TARGET_RATIO,
+        "smiling_reward_share": med([r.reward_seconds / r.seconds for r in smi]),
+        "smiling_refit_share": med([r.refit_seconds / r.seconds for r in smi]),
+        "refit_seconds_each": med([r.refit_seconds / max(r.refits, 1) for r in smi]),
+        "rows_evaluated_per_step": med([r.rows_evaluated / r.steps for r in smi]),
+        "reward_ms_per_row": 1e3 * med([r.reward_seconds / max(r.rows_evaluated, 1) for r in smi]),
+        "smiling_seconds": smi_s, "sac_seconds": med([r.seconds for r in sac]),
+        "runs": [dataclasses.asdict(r) for r in runs],
+    }
+
+
+def run(quick: bool = False, log: Callable[[str], None] = print, late: bool = True) -> dict:
+    torch.set_num_threads(1)
+    st = QUICK if quick else FULL
+    experts: dict[str, tuple[Any, np.ndarray]] = {}
+    rows = []
+    configs = [(env_id, net, 0, steps) for env_id, steps in st.envs.items() for net in st.nets]
+    configs += list(st.late) if late else []
+    for env_id, net, prefill, steps in configs:
+        if env_id not in experts:
+            experts[env_id] = expert_model(env_id)
+        expert, val = experts[env_id]
+        runs = []
+        for rep in range(st.repeats):
+            pair = [Learner(algo, env_id, net, rep, steps, expert, val, prefill=prefill) for algo in ("sac", "smiling")]
+            lockstep(pair, steps, st.chunk)
+            for ln in pair:
+                r = ln.close()
+                runs.append(r)
+                extra = (f", reward eval {r.reward_seconds:.1f} s ({r.rows_evaluated / r.steps:.1f} rows/step), refit "
+                         f"{r.refit_seconds:.1f} s ({r.refits}x)") if r.algo == "smiling" else ""
+                log(f"overhead: {env_id:20s} net {str(net):10s} prefill {prefill:>7,} rep {rep} {r.algo:8s} {r.steps} "
+                    f"steps in {r.seconds:6.1f} s = {r.steps_per_s:6.1f} steps/s{extra}")
+        row = pair_rows(runs)
+        rows.append(row)
+        log(f"overhead: {env_id} net {net} prefill {prefill:,}: SAC {row['sac_steps_per_s']:.1f} steps/s, SMILING "
+            f"{row['smiling_steps_per_s']:.1f} steps/s, ratio {row['ratio']:.2f} ({'meets' if row['meets_target'] else 'misses'} "
+            f"<= {TARGET_RATIO})")
+    return {"settings": dataclasses.asdict(st), "target_ratio": TARGET_RATIO, "threads": torch.get_num_threads(),
+            "smiling_api": "SmilingReward/RewardRefit" if SmilingParts().new_api else "CostState/LearnerRefit",
+            "rows": rows}
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--no-late", action="store_true", help="skip the pre-filled-buffer rows")
+    ap.add_argument("--json", help="write the results here")
+    args = ap.parse_args(argv)
+    res = run(args.quick, late=not args.no_late)
+    if args.json:
+        Path(args.json).write_text(json.dumps(res, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
