@@ -6,8 +6,8 @@ Both learners are built the way ``smiling-cli train`` builds them, in one proces
 
 - **SMILING**: ``smiling_pipeline.train.build_model`` (SAC, ``SmilingReplayBuffer``, the pipeline's
   ``TrainConfig`` defaults: lr 3e-4, batch 256, train_freq 1 / gradient_steps 1, learning_starts
-  1000, ent_coef auto_0.1) with the pipeline's reward object (``rl.SmilingReward``, or
-  ``rl.CostState`` in older trees) and refit callback (``rl.RewardRefit`` / ``rl.LearnerRefit``):
+  1000, ent_coef auto_0.1) with the pipeline's reward object (``rl.SmilingReward``) and refit
+  callback (``rl.RewardRefit``):
   learner refit every 1000 env steps (200 AdamW steps of batch 1024) plus the per-iteration
   statistics the callback computes. The refit is part of the algorithm, so it is inside the timing.
   The expert score model is a default ``ScoreConfig`` model fitted briefly on a few thousand states
@@ -36,7 +36,6 @@ import argparse
 import dataclasses
 import gc
 import json
-import os
 import statistics
 import sys
 import time
@@ -46,7 +45,6 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 import torch
-from stable_baselines3.common.callbacks import BaseCallback
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -93,27 +91,6 @@ def expert_model(env_id: str, seed: int = 0, n: int = 3_000, fit_steps: int = 50
     model = ScoreModel(states.shape[1], ScoreConfig(), states.mean(0), states.std(0))
     fit(model, states, FitSettings(steps=fit_steps), seed=seed)
     return model.eval(), states[-2048:]
-
-
-class SmilingParts:
-    """The pipeline's reward object and refit callback, whichever API this tree has."""
-
-    def __init__(self) -> None:
-        from smiling_pipeline import rl
-
-        self.rl = rl
-        self.new_api = hasattr(rl, "SmilingReward")
-
-    def reward(self, expert: Any, cost_cfg: Any, seed: int) -> Any:
-        if self.new_api:
-            return self.rl.SmilingReward(expert, cost_cfg, None, seed)
-        return self.rl.CostState(expert, expert.fresh_copy(), cost_cfg, None, seed=seed)
-
-    def attach(self, model: Any, reward: Any) -> None:
-        setattr(model.replay_buffer, "reward_model" if self.new_api else "cost", reward)
-
-    def refit_class(self) -> type:
-        return self.rl.RewardRefit if self.new_api else self.rl.LearnerRefit
 
 
 @dataclasses.dataclass
@@ -174,14 +151,15 @@ class Learner:
                              gamma=cfg.gamma, policy_kwargs={"net_arch": list(cfg.net)}, seed=seed, device="cpu",
                              verbose=0)
         else:
-            parts = SmilingParts()
+            from smiling_pipeline.rl import RewardRefit, SmilingReward
+
             cost_cfg = CostConfig() if k is None else dataclasses.replace(CostConfig(), timesteps=k)
-            reward = parts.reward(expert, cost_cfg, seed)
+            reward = SmilingReward(expert, cost_cfg, None, seed)
             self.model = build_model(cfg, self.env, torch.device("cpu"), None)
-            parts.attach(self.model, reward)
+            self.model.replay_buffer.reward_model = reward
             stop, timers, result = self.stop, self.timers, self.result
 
-            class Refit(parts.refit_class()):  # type: ignore[misc]
+            class Refit(RewardRefit):
                 def due(self, steps: int) -> bool:  # no refit at the step that ends the window
                     return super().due(steps) and steps < stop
 
@@ -317,7 +295,6 @@ def run(quick: bool = False, log: Callable[[str], None] = print, late: bool = Tr
             f"{row['smiling_steps_per_s']:.1f} steps/s, ratio {row['ratio']:.2f} ({'meets' if row['meets_target'] else 'misses'} "
             f"<= {TARGET_RATIO})")
     return {"settings": dataclasses.asdict(st), "target_ratio": TARGET_RATIO, "threads": torch.get_num_threads(),
-            "smiling_api": "SmilingReward/RewardRefit" if SmilingParts().new_api else "CostState/LearnerRefit",
             "rows": rows}
 
 
