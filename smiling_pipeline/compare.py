@@ -172,20 +172,30 @@ def plot_learning_curves(path: Path, dataset: str, groups: dict[tuple[str, str, 
 
 
 def plot_data_efficiency(path: Path, dataset: str, summaries: list[Summary]) -> None:
-    """Final normalized return against the number of expert states, one line per algorithm and variant."""
-    fig, ax = plt.subplots(figsize=(6, 3.8), dpi=110)
+    """Final normalized return against the number of expert states, one line per algorithm and variant run
+    at several counts (single counts are in the table)."""
+    from matplotlib.ticker import FixedLocator, NullLocator
+
     lines: dict[tuple[str, str], list[Summary]] = defaultdict(list)
     for s in summaries:
         if s.dataset == dataset:
             lines[(s.label, s.variant)].append(s)
+    fig, ax = plt.subplots(figsize=(7, 3.8), dpi=110)
+    counts: set[int] = set()
     for (label, variant), points in sorted(lines.items()):
+        if len(points) < 2:
+            continue
         points.sort(key=lambda s: s.expert_states)
+        counts.update(s.expert_states for s in points)
         ax.errorbar([s.expert_states for s in points], [s.mean for s in points], yerr=[s.se for s in points],
                     marker="o", capsize=3, ls="-" if variant == "state-only" else "--",
                     color=COLORS.get(label.split()[0].lower()), label=f"{label}, {variant}")
     ax.set_xscale("log")
+    ax.xaxis.set_major_locator(FixedLocator(sorted(counts)))
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.set_xticklabels([str(n) for n in sorted(counts)])
     ax.axhline(1.0, color="grey", lw=1, ls=":")
-    ax.set(title=f"{dataset}: data efficiency (mean ± SE over seeds)", xlabel="expert states",
+    ax.set(title=f"{dataset}: final return vs expert states (mean ± SE)", xlabel="expert states",
            ylabel="final normalized return")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
@@ -203,7 +213,8 @@ def write_comparison(tracking_uri: str, out: Path, dataset: Optional[str] = None
     lines = ["# SMILING vs baselines", "",
              "Final normalized return = the last evaluation during training (random policy 0, expert 1); "
              "mean, standard error (SE) and interquartile mean (IQM, 25% trimmed) over seeds. "
-             "Bands in the plots are 95% percentile-bootstrap intervals over seeds.", ""]
+             "Bands in the plots are 95% percentile-bootstrap intervals over seeds. With fewer than 4 seeds "
+             "the IQM trims nothing and equals the mean.", ""]
     with atomic_dir(out) as tmp:
         for d in sorted({c.dataset for c in runs}):
             slug, here = _slug(d), [c for c in runs if c.dataset == d]
@@ -214,7 +225,10 @@ def write_comparison(tracking_uri: str, out: Path, dataset: Optional[str] = None
             lines += [f"| {s.variant} | {s.label} | {s.expert_states} | {s.seeds} | {s.mean:.3f} | {s.se:.3f} | "
                       f"{s.iqm:.3f} |" for s in summaries if s.dataset == d]
             lines += ["", f"![learning curves]({slug}_curves.png)", ""]
-            if len({c.expert_states for c in here}) > 1:
+            by_group = defaultdict(set)
+            for c in here:
+                by_group[(c.label, c.variant)].add(c.expert_states)
+            if any(len(n) > 1 for n in by_group.values()):
                 plot_data_efficiency(tmp / f"{slug}_data_efficiency.png", d, summaries)
                 lines += [f"![data efficiency]({slug}_data_efficiency.png)", ""]
         (tmp / "comparison.md").write_text("\n".join(lines))
