@@ -16,8 +16,8 @@ its own peak RSS (``VmHWM`` of ``/proc/self/status``: the kernel's high-water ma
 missed between polls) and its RSS after the imports (the baseline the interpreter needs anyway).
 Not ``getrusage(...).ru_maxrss``: Linux carries the parent's high-water mark into a child across
 ``vfork``/``exec``, so a child of a big parent would report the parent's peak.
-``impl=current`` is ``smiling_pipeline.ingest``; ``impl=v0`` is the frozen pre-optimisation copy
-(``benchmarks/_ingest_v0.py``), run on the same dataset to give the "before" figures and to check
+``impl=current`` is ``smiling_pipeline.ingest``; ``impl=v0`` is the pre-optimisation version read
+from git history (commit 6277ecf), run on the same dataset to give the "before" figures and to check
 that both write the same arrays bit for bit (train, val, mean, std) and the same content hash.
 """
 
@@ -33,6 +33,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import types
 import warnings
 from pathlib import Path
 from typing import Any, Iterator, Optional
@@ -45,6 +46,7 @@ sys.path.insert(0, str(ROOT))
 DATASET_ID = "bench/humanoid/synthetic-v0"
 OBS_DIM, ACT_DIM = 348, 17
 TARGET_SECONDS = 60.0
+V0_COMMIT = "6277ecf"  # the last commit before the streaming ingestion
 TARGET_MEMORY_FACTOR = 2.0
 
 
@@ -100,6 +102,18 @@ def _peak_rss_mb() -> float:
     return int(line.split()[1]) / 1024
 
 
+def ingest_v0() -> types.ModuleType:
+    """``smiling_pipeline/ingest.py`` as of commit V0_COMMIT (before streaming), read from git history."""
+    try:
+        source = subprocess.run(["git", "-C", str(ROOT), "show", f"{V0_COMMIT}:smiling_pipeline/ingest.py"],
+                                capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError) as e:
+        raise SystemExit(f"the v0 reference needs git history with commit {V0_COMMIT}; run with --no-v0 ({e})")
+    module = sys.modules["ingest_v0"] = types.ModuleType("ingest_v0")  # dataclasses look their module up
+    exec(compile(source, f"ingest.py@{V0_COMMIT}", "exec"), module.__dict__)
+    return module
+
+
 def worker(args: argparse.Namespace) -> int:
     """Run one ``ingest()`` in this (fresh) process and print a JSON line with time and memory."""
     os.environ["MINARI_DATASETS_PATH"] = args.root
@@ -107,8 +121,7 @@ def worker(args: argparse.Namespace) -> int:
     from smiling_pipeline.config import IngestConfig
 
     if args.impl == "v0":
-        sys.path.insert(0, str(ROOT / "benchmarks"))
-        import _ingest_v0 as mod  # type: ignore[import-not-found]
+        mod = ingest_v0()
     else:
         from smiling_pipeline import ingest as mod
     import gymnasium as gym

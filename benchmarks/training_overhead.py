@@ -51,6 +51,9 @@ sys.path.insert(0, str(ROOT))
 
 TARGET_RATIO = 1.3
 
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from cost_estimator import collect_states  # noqa: E402  (seeded uniform-random rollouts)
+
 
 # ----------------------------------------------------------------------------------- building blocks
 
@@ -63,30 +66,12 @@ def make_env(env_id: str) -> Any:
         return gym.make(env_id)
 
 
-def random_states(env_id: str, n: int, seed: int, episode_len: int = 200) -> np.ndarray:
-    """``n`` observations from seeded uniform-random rollouts."""
-    env = make_env(env_id)
-    rng = np.random.default_rng(seed)
-    out: list[np.ndarray] = []
-    episode = 0
-    while len(out) < n:
-        obs, _ = env.reset(seed=seed * 10_000 + episode)
-        episode += 1
-        for _ in range(episode_len):
-            out.append(obs)
-            obs, _, terminated, truncated, _ = env.step(rng.uniform(env.action_space.low, env.action_space.high))
-            if terminated or truncated or len(out) >= n:
-                break
-    env.close()
-    return np.asarray(out[:n], dtype=np.float32)
-
-
 def expert_model(env_id: str, seed: int = 0, n: int = 3_000, fit_steps: int = 50) -> tuple[Any, np.ndarray]:
     """A default-config expert score model (briefly fitted) and 2,048 validation rows for the refit statistics."""
     from smiling_pipeline.config import ScoreConfig
     from smiling_pipeline.score import FitSettings, ScoreModel, fit
 
-    states = random_states(env_id, n, seed)
+    states = collect_states(env_id, n, 1.0, seed, episode_len=200)
     torch.manual_seed(seed)
     model = ScoreModel(states.shape[1], ScoreConfig(), states.mean(0), states.std(0))
     fit(model, states, FitSettings(steps=fit_steps), seed=seed)

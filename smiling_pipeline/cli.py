@@ -29,6 +29,10 @@ app = typer.Typer(
 F = TypeVar("F", bound=Callable[..., Any])
 
 ParamsOpt = Annotated[Optional[Path], typer.Option("--params", help="params.yaml to read (default: ./params.yaml if present).")]
+WithActionsOpt = Annotated[Optional[bool], typer.Option(
+    "--with-actions/--states-only", help="State-action variant [params: ingest.with_actions].")]
+LinearOpt = Annotated[Optional[bool], typer.Option(
+    "--linear/--nonlinear", help="Linear score networks, the paper's ablation [params: score.linear].")]
 WorkdirOpt = Annotated[Optional[Path], typer.Option("--workdir", help="Folder the stages write to [params: runtime.workdir].")]
 RootOpt = Annotated[
     Optional[Path],
@@ -169,7 +173,7 @@ def ingest(
     every: Annotated[Optional[int], typer.Option("--every", min=1, help="Keep every k-th step of each episode.")] = None,
     max_episodes: Annotated[Optional[int], typer.Option("--max-episodes", min=1, help="Read at most this many episodes.")] = None,
     val_fraction: Annotated[Optional[float], typer.Option("--val-fraction", min=0.0, max=0.99, help="Share held out for validation.")] = None,
-    with_actions: Annotated[Optional[bool], typer.Option("--with-actions/--states-only", help="State-action variant.")] = None,
+    with_actions: WithActionsOpt = None,
     seed: SeedOpt = None,
     params: ParamsOpt = None,
     workdir: WorkdirOpt = None,
@@ -195,8 +199,8 @@ def ingest(
 def pretrain(
     dataset: Annotated[Optional[str], typer.Option("--dataset", help="Minari id [params: ingest.dataset]; ingested first if needed.")] = None,
     steps: Annotated[Optional[int], typer.Option("--steps", min=1, help="Training steps [params: pretrain.steps].")] = None,
-    with_actions: Annotated[Optional[bool], typer.Option("--with-actions/--states-only", help="State-action variant.")] = None,
-    linear: Annotated[Optional[bool], typer.Option("--linear/--nonlinear", help="Linear score network (ablation).")] = None,
+    with_actions: WithActionsOpt = None,
+    linear: LinearOpt = None,
     seed: SeedOpt = None,
     params: ParamsOpt = None,
     workdir: WorkdirOpt = None,
@@ -223,8 +227,8 @@ def train(
     steps: Annotated[Optional[int], typer.Option("--steps", min=1, help="Env steps [params: train.steps].")] = None,
     algorithm: Annotated[Optional[str], typer.Option("--algorithm", help="smiling | dac | bc [params: train.algorithm].")] = None,
     rl: Annotated[Optional[str], typer.Option("--rl", help="SB3 off-policy learner: sac | td3 | ddpg [params: train.rl].")] = None,
-    with_actions: Annotated[Optional[bool], typer.Option("--with-actions/--states-only", help="State-action variant.")] = None,
-    linear: Annotated[Optional[bool], typer.Option("--linear/--nonlinear", help="Linear score networks (ablation).")] = None,
+    with_actions: WithActionsOpt = None,
+    linear: LinearOpt = None,
     eval_every: Annotated[Optional[int], typer.Option("--eval-every", min=1, help="Env steps between evaluations.")] = None,
     eval_episodes: Annotated[Optional[int], typer.Option("--eval-episodes", min=1, help="Episodes per evaluation.")] = None,
     checkpoint_every: Annotated[Optional[int], typer.Option("--checkpoint-every", min=1, help="Env steps between checkpoints.")] = None,
