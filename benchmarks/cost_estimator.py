@@ -29,6 +29,9 @@ setting for these small MLPs on this machine):
      the same stratified timesteps shared by the batch, but fresh noise per (state, timestep),
      both nets on all B*K rows; in 2,048-row chunks, and (``per_state_chunk65536``) in the
      65,536-row chunks it used, to show what the chunk size alone is worth.
+   - ``redrawn`` (accuracy reference): ``cost.reward`` with new draws every 8 states, i.e. a SAC
+     batch as the relabelling replay buffer assembled it before training fixed the draws per run
+     (the batch's cached rewards came from many relabelling calls, each with its own draws).
 4. Throughput: states/s on batches of 256, median over rounds; each round calls every estimator
    once, alternating, after one warm-up call each. Accuracy: Pearson and Spearman correlation
    across the 256 states between one call's output and a high-sample "truth", averaged over the
@@ -72,7 +75,9 @@ KS = (4, 8, 16, 32, 64)
 PER_STATE_KS = (4, 8, 16, 32, 64, 128)
 CHUNK_KS = (16, 32, 64)
 TARGET_SPEEDUP = 20.0
-FAMILIES = ("ours", "per_state", "per_state_chunk65536")
+REDRAWN_KS = (16, 32, 64)
+REDRAW_ROWS = 8
+FAMILIES = ("ours", "redrawn", "per_state", "per_state_chunk65536")
 
 
 # --------------------------------------------------------------------------------------------- data
@@ -198,6 +203,14 @@ def per_state_reward(expert: ScoreModel, learner: ScoreModel, x_raw: torch.Tenso
         err_e = ((expert(x_t, t_rows) - e) ** 2).mean(dim=1)
         out += (err_l - err_e).reshape(m, n).sum(dim=0)
     return out / k
+
+
+def redrawn_reward(expert: ScoreModel, learner: ScoreModel, x_raw: torch.Tensor, k: int,
+                   generator: torch.Generator, rows: int = REDRAW_ROWS) -> torch.Tensor:
+    """``cost.reward`` with new draws every ``rows`` states: a SAC batch as the relabelling buffer built
+    it before the draws were fixed per run (its rows' rewards came from different relabelling calls)."""
+    return torch.cat([cost.reward(expert, learner, x_raw[i : i + rows], k=k, generator=generator)
+                      for i in range(0, len(x_raw), rows)])
 
 
 @torch.inference_mode()
@@ -356,6 +369,8 @@ def bench_pair(data: EnvData, pair: str, cfg: ScoreConfig, st: Settings, seed: i
         for anti in (True, False):
             ests.append(Estimator(f"ours K={k} anti={'on' if anti else 'off'}", own,
                                   lambda g, k=k, anti=anti: cost.reward(expert, learner, x, k=k, antithetic=anti, generator=g)))
+    for k in REDRAWN_KS:
+        ests.append(Estimator(f"redrawn K={k} anti=on", own, lambda g, k=k: redrawn_reward(expert, learner, x, k, g)))
     for k in PER_STATE_KS:
         for anti in (True, False):
             ests.append(Estimator(f"per_state K={k} anti={'on' if anti else 'off'}", own,
@@ -590,7 +605,14 @@ def findings(results: list[dict], recs: dict) -> list[str]:
     L.append("6. **`cost.reward` is exact**: max relative difference to the plain computation (x_t built, nets on every "
              "row) with the same draws: " + ", ".join(f"{x['ours_max_rel_diff_vs_plain']:.0e}" for x in results) + ".")
     off = [f"{x['env']} {x['pair']}: {x['rows'][0]['median_s'] * 1e3:.0f} ms" for x in results]
-    L.append("7. Official cost per call of 256 states here: " + "; ".join(off) + " (the brief quoted 817 ms and 3.5 s).\n")
+    L.append("7. Official cost per call of 256 states here: " + "; ".join(off) + " (the brief quoted 817 ms and 3.5 s).")
+    rd = [f"{x['env']} {x['pair']}: " + ", ".join(
+        f"K={k} {_rows(x)[f'ours K={k} anti=on'][m]:.3f} vs {_rows(x)[f'redrawn K={k} anti=on'][m]:.3f}"
+        for k in REDRAWN_KS) for x in results for m in ("within_spearman_own",)]
+    L.append("8. **One draw set for all the rows compared** (training now draws once per run, so every sampled batch "
+             f"shares it) **vs new draws every {REDRAW_ROWS} rows** (what a relabelled batch held before), within-group "
+             "Spearman vs own truth, one set vs redrawn: " + "; ".join(rd) + ". Mixing draws within a batch loses the "
+             "common-random-number cancellation, as per-state noise does.\n")
     return L
 
 
@@ -609,27 +631,6 @@ def shortfalls(results: list[dict], name: str) -> str:
 def _rows_ratio(res: dict) -> list[float]:
     r = _rows(res)
     return [r[f"per_state_chunk65536 K={k} anti=off"]["median_s"] / r[f"per_state K={k} anti=off"]["median_s"] for k in CHUNK_KS]
-
-
-SUGGESTIONS = [
-    "## Suggested changes outside this benchmark\n",
-    ("- **Normalisation of expert-constant features** (`ScoreModel.__init__` / `ingest`): dimensions that are constant in "
-    "the expert data (Humanoid contact forces of bodies that never touch) get std = `min_std`, and learner states "
-    "then reach the |z| listed in *Setup*, far outside anything the networks were trained on. Clamp the normalised "
-    "input (e.g. `normalize` returning `z.clamp(-10, 10)`), or set such dimensions' scale from a robust pooled "
-    "statistic."),
-    ("- `cost.normalize_rewards`: `r.std()` is NaN for a batch of one row (Bessel correction); use "
-    "`r.std(correction=0)` or return `r - r.mean()` when `len(r) < 2`."),
-    ("- `cost.reward`: without a generator every call reuses `manual_seed(0)`, i.e. identical draws; require a "
-    "generator or fall back to the global RNG."),
-    ("- `cost._check_pair`: `reward` normalises with the expert's statistics only, so also check that the learner's "
-    "`mean`/`std` buffers equal the expert's (a learner fitted with `fit_score_model` on its own data would be fed "
-    "the wrong normalisation silently)."),
-    "- `score.informative_steps` docstring and README say 2,103; `informative_steps(ScoreConfig())` returns 2,123.",
-    ("- `timestep_embedding` with an odd `time_embed` returns `time_embed - 1` columns and `time_mlp` then fails; "
-    "validate `time_embed` is even in `ScoreConfig`."),
-    "",
-]
 
 
 def render_report(meta: dict, results: list[dict], recs: dict) -> str:
@@ -698,6 +699,9 @@ def render_report(meta: dict, results: list[dict], recs: dict) -> str:
     L.append("- **per_state** (reference, in this file): the previous `cost.reward` (commit b806158): the same shared "
              "stratified timesteps but fresh noise per (state, timestep) (antithetic per state), both nets on all B*K "
              "rows, 2,048-row chunks; **per_state_chunk65536**: the same with the 65,536-row chunks it shipped with.")
+    L.append(f"- **redrawn** (accuracy reference; its timing is not meaningful): `cost.reward` called on every "
+             f"{REDRAW_ROWS} states with new draws: what a SAC batch held when the replay buffer relabelled stale rows "
+             "with new draws at every call (before training fixed the draws once per run).")
     L.append("- **Truths**: per state independently, K_truth timesteps stratified on the target range and i.i.d. noise "
              "(stratification only lowers the variance; the expectation is E over t uniform on the range). "
              "`truth_inf`: t on [0, t_max), what `ours` and `per_state` estimate; `truth_full`: t on [0, 5000), what "
@@ -736,7 +740,6 @@ def render_report(meta: dict, results: list[dict], recs: dict) -> str:
     for key, e in effects(results).items():
         L.append(f"- **{key}**: " + "; ".join(f"{k}: {_fmt(k, v)}" for k, v in e.items()))
     L.append("")
-    L.extend(SUGGESTIONS)
     return "\n".join(L) + "\n"
 
 

@@ -51,7 +51,7 @@ class DacReward(RewardModel):
         return (x.to(self.mean) - self.mean) / self.std
 
     @torch.no_grad()
-    def _rewards(self, rows: torch.Tensor) -> torch.Tensor:
+    def _rewards(self, rows: torch.Tensor, fixed: Optional[torch.Tensor]) -> torch.Tensor:
         return F.softplus(self.d(self.normalize(rows))).squeeze(1)
 
     def loss(self, expert: torch.Tensor, learner: torch.Tensor) -> torch.Tensor:

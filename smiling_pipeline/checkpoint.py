@@ -2,7 +2,7 @@
 
 A checkpoint folder holds SB3's ``model.zip`` (policy, critics, optimisers, entropy coefficient,
 counters, last observation), ``replay_buffer.pkl`` (with the reward cache) and ``state.pt``: the
-learner score model and its optimizer, the cost's random generator and model version, the loop's
+learner score model and its optimizer, the cost estimator's draws and model version, the loop's
 history and unsent MLflow metrics, the global RNG states, and the environment's exact state
 (MuJoCo integration state, the env's RNG, every wrapper's counters). Restoring all of it makes a
 resumed run identical to an uninterrupted one on the same machine.

@@ -12,8 +12,10 @@ How it is estimated (each choice measured in ``benchmarks/cost_estimator.py``):
 - t only on the informative range ``[0, t_max)`` (``score.informative_steps``), where the score
   models are trained; the official grid spends 58 % of its samples on pure noise;
 - K stratified timesteps (one per stratum of ``[0, t_max)``) and one noise vector per timestep,
-  all shared by the states of a batch and by both models (common random numbers: the draws'
-  error is common to the batch and cancels when rewards are compared or normalised per batch);
+  all shared by the rows compared and by both models (common random numbers: the draws' error is
+  common to the rows and cancels when rewards are compared or normalised per batch). Training
+  draws them once per run (``rl.SmilingReward``), so every row of every sampled batch shares them
+  and the expert's half of a row's reward is computed once in the row's life;
 - antithetic noise: neighbouring strata use eps and -eps;
 - x_t is linear in (x_0, eps), so each model's first layer costs a (B, H) and a (K, H) product
   instead of a (B*K, H) one (``ScoreModel.grid_errors``); no autograd.
@@ -25,6 +27,7 @@ HalfCheetah (d = 17) and Humanoid (d = 348) and 72-96x faster; see ``reports/cos
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Optional
 
 import numpy as np
@@ -59,7 +62,29 @@ def _check_pair(expert: ScoreModel, learner: ScoreModel) -> None:
                         "expert.fresh_copy() so both use the expert's statistics")
 
 
+@dataclass(frozen=True)
+class Draws:
+    """The estimator's K (timestep, noise) pairs: ``t`` (K,) and ``eps`` (K, d)."""
+
+    t: torch.Tensor
+    eps: torch.Tensor
+
+
+def draw(t_max: int, dim: int, k: int, antithetic: bool = True, generator: Optional[torch.Generator] = None,
+         device: torch.device | str = "cpu") -> Draws:
+    """K stratified timesteps on ``[0, t_max)`` with one (antithetic) noise vector each."""
+    device = torch.device(device)
+    return Draws(stratified_timesteps(t_max, k, generator, device), antithetic_noise(k, dim, antithetic, generator, device))
+
+
 @torch.inference_mode()
+def model_errors(model: ScoreModel, x_raw: torch.Tensor, draws: Draws) -> torch.Tensor:
+    """One model's half of the reward: per row, the mean over the draws of mean_d (eps_theta(x_t, t) - eps)^2."""
+    if x_raw.ndim != 2 or x_raw.shape[1] != model.dim:
+        raise DataError(f"reward inputs must have shape (batch, {model.dim}), got {tuple(x_raw.shape)}")
+    return model.grid_errors(model.normalize(x_raw), draws.t, draws.eps) / len(draws.t)
+
+
 def reward(
     expert: ScoreModel,
     learner: ScoreModel,
@@ -67,20 +92,17 @@ def reward(
     k: int = 32,
     antithetic: bool = True,
     generator: Optional[torch.Generator] = None,
+    draws: Optional[Draws] = None,
 ) -> torch.Tensor:
     """Per-row SMILING reward (unnormalised) of raw inputs ``x_raw`` (B, d), estimated with K timesteps.
 
-    The K (timestep, noise) draws are shared by all rows of the batch; each row's estimate is
-    unbiased, and the draws' error is common to the batch, so it cancels when rows are compared.
+    The K (timestep, noise) draws (new ones, or the given ``draws``) are shared by all rows; each
+    row's estimate is unbiased, and the draws' error is common to the rows, so it cancels when rows
+    are compared.
     """
     _check_pair(expert, learner)
-    if x_raw.ndim != 2 or x_raw.shape[1] != expert.dim:
-        raise DataError(f"reward inputs must have shape (batch, {expert.dim}), got {tuple(x_raw.shape)}")
-    device = expert.mean.device
-    x0 = expert.normalize(x_raw)
-    t = stratified_timesteps(expert.t_max, k, generator, device)
-    eps = antithetic_noise(k, expert.dim, antithetic, generator, device)
-    return (learner.grid_errors(x0, t, eps) - expert.grid_errors(x0, t, eps)) / k
+    draws = draws or draw(expert.t_max, expert.dim, k, antithetic, generator, expert.mean.device)
+    return model_errors(learner, x_raw, draws) - model_errors(expert, x_raw, draws)
 
 
 def normalize_rewards(r: torch.Tensor, cfg: CostConfig) -> torch.Tensor:

@@ -2,10 +2,12 @@
 or DAC from ``baselines``), and the callback that refits that reward every iteration
 (Follow-the-Leader on the learner's states).
 
-Within an iteration the expert and learner models are fixed, so a state's reward is a fixed
-function of the state: the buffer caches each row's reward for the current model version and only
-evaluates rows that are stale. One SAC update of batch 256 then costs, on average, far less than
-256 reward evaluations (``benchmarks/`` measures it); per-batch normalisation is applied after.
+Within an iteration the expert and learner models are fixed, and SMILING's estimator draws are
+fixed for the run, so a row's reward is a fixed function of the row: the buffer caches each row's
+reward for the current model version and only evaluates stale rows, and it keeps the part that never
+changes (SMILING: the expert model's half) for the row's whole life. One SAC update of batch 256
+then costs far less than 256 reward evaluations (``benchmarks/`` measures it); per-batch
+normalisation is applied after.
 """
 
 from __future__ import annotations
@@ -22,7 +24,8 @@ from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.type_aliases import ReplayBufferSamples
 
 from smiling_pipeline.config import CostConfig, TrainConfig
-from smiling_pipeline.cost import normalize_rewards, reward
+from smiling_pipeline.cost import _check_pair, draw, model_errors, normalize_rewards
+from smiling_pipeline.errors import UserError
 from smiling_pipeline.score import FitSettings, ScoreModel, fit
 
 RewardFn = Callable[[torch.Tensor], torch.Tensor]
@@ -52,13 +55,19 @@ class RewardModel(ABC):
         self.evaluations = 0  # rows whose reward was computed (for the overhead benchmark)
         self.seed = seed
 
-    def rewards(self, rows: torch.Tensor) -> torch.Tensor:
-        """Unnormalised rewards of input rows (states, or [state, action])."""
+    def rewards(self, rows: torch.Tensor, fixed: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Unnormalised rewards of input rows (states, or [state, action]); ``fixed``: their
+        :meth:`fixed_part`, if already known."""
         self.evaluations += len(rows)
-        return self._rewards(rows)
+        return self._rewards(rows, fixed)
+
+    def fixed_part(self, rows: torch.Tensor) -> Optional[torch.Tensor]:
+        """The part of each row's reward that stays the same for the whole run (cached per row by
+        the buffer, passed back to :meth:`rewards`); None if there is none."""
+        return None
 
     @abstractmethod
-    def _rewards(self, rows: torch.Tensor) -> torch.Tensor: ...
+    def _rewards(self, rows: torch.Tensor, fixed: Optional[torch.Tensor]) -> torch.Tensor: ...
 
     @abstractmethod
     def refit(self, learner_rows: np.ndarray, cfg: TrainConfig, iteration: int) -> float:
@@ -72,18 +81,28 @@ class RewardModel(ABC):
 
 
 class SmilingReward(RewardModel):
-    """The SMILING reward: fixed expert score model, learner score model refit Follow-the-Leader style."""
+    """The SMILING reward: fixed expert score model, learner score model refit Follow-the-Leader style.
+
+    The estimator's K (timestep, noise) draws are made once per run from ``seed``: every reward of
+    the run shares them (common random numbers across all rows, not only within one relabelled
+    chunk), and a row's expert half (:meth:`fixed_part`) is then computed once.
+    """
 
     def __init__(self, expert: ScoreModel, cfg: CostConfig, action_space: Optional[gym.spaces.Box], seed: int = 0):
         super().__init__(cfg, action_space, seed)
         self.expert = expert
         self.learner = expert.fresh_copy()
+        _check_pair(expert, self.learner)
         self.optimizer: Optional[torch.optim.Optimizer] = None
-        self.generator = torch.Generator(device=expert.mean.device).manual_seed(seed)
+        generator = torch.Generator(device=expert.mean.device).manual_seed(seed)
+        self.draws = draw(expert.t_max, expert.dim, cfg.timesteps, cfg.antithetic, generator, expert.mean.device)
 
-    def _rewards(self, rows: torch.Tensor) -> torch.Tensor:
-        return reward(self.expert, self.learner, rows, k=self.cfg.timesteps, antithetic=self.cfg.antithetic,
-                      generator=self.generator)
+    def fixed_part(self, rows: torch.Tensor) -> torch.Tensor:
+        """Minus the expert model's denoising error: the reward is the learner's error plus this."""
+        return -model_errors(self.expert, rows, self.draws)
+
+    def _rewards(self, rows: torch.Tensor, fixed: Optional[torch.Tensor]) -> torch.Tensor:
+        return model_errors(self.learner, rows, self.draws) + (self.fixed_part(rows) if fixed is None else fixed)
 
     def refit(self, learner_rows: np.ndarray, cfg: TrainConfig, iteration: int) -> float:
         settings = FitSettings(cfg.learner_fit_steps, cfg.learner_batch_size, cfg.learner_lr,
@@ -94,13 +113,16 @@ class SmilingReward(RewardModel):
         return history.train[-1][1]
 
     def state_dict(self) -> dict[str, Any]:
-        return {"learner": self.learner.state_dict(), "generator": self.generator.get_state(),
+        return {"learner": self.learner.state_dict(), "draws": {"t": self.draws.t, "eps": self.draws.eps},
                 "optimizer": self.optimizer.state_dict() if self.optimizer else None,
                 "version": self.version, "evaluations": self.evaluations}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        if "draws" not in state:
+            raise UserError("the checkpoint was made by an older smiling_pipeline (per-batch estimator draws); "
+                            "train without --resume")
         self.learner.load_state_dict(state["learner"])
-        self.generator.set_state(state["generator"])
+        self.draws = type(self.draws)(state["draws"]["t"].to(self.draws.t), state["draws"]["eps"].to(self.draws.eps))
         if state["optimizer"] is not None:
             self.optimizer = torch.optim.AdamW(self.learner.parameters())
             self.optimizer.load_state_dict(state["optimizer"])
@@ -122,6 +144,8 @@ class SmilingReplayBuffer(ReplayBuffer):
             raise ValueError("SmilingReplayBuffer supports a single environment")
         self._cache = np.zeros(self.buffer_size, dtype=np.float32)
         self._cache_version = np.full(self.buffer_size, -1, dtype=np.int64)
+        self._fixed = np.zeros(self.buffer_size, dtype=np.float32)  # RewardModel.fixed_part of each row
+        self._has_fixed = np.zeros(self.buffer_size, dtype=bool)
 
     def __getstate__(self) -> dict[str, Any]:
         """Pickle (``save_replay_buffer``) without the score models: they are saved on their own."""
@@ -131,33 +155,52 @@ class SmilingReplayBuffer(ReplayBuffer):
 
     def add(self, *args: Any, **kwargs: Any) -> None:
         self._cache_version[self.pos] = -1  # the slot is about to hold a new transition
+        self._has_fixed[self.pos] = False
         super().add(*args, **kwargs)
+
+    def _model(self) -> RewardModel:
+        if self.reward_model is None:
+            raise RuntimeError("SmilingReplayBuffer.reward_model is not set")
+        return self.reward_model
 
     def _get_samples(self, batch_inds: np.ndarray, env: Any = None) -> ReplayBufferSamples:
         samples = super()._get_samples(batch_inds, env)
-        model = self.reward_model
-        if model is None:
-            raise RuntimeError("SmilingReplayBuffer.reward_model is not set")
-        stale = np.unique(batch_inds[self._cache_version[batch_inds] != model.version])
+        r = torch.as_tensor(self.rewards_at(batch_inds), device=samples.rewards.device)
+        return samples._replace(rewards=normalize_rewards(r, self._model().cfg).reshape(-1, 1))
+
+    def rewards_at(self, idx: np.ndarray) -> np.ndarray:
+        """Current unnormalised rewards of the rows at ``idx``: only stale rows are evaluated, and
+        each row's fixed part only once in its life."""
+        model = self._model()
+        stale = np.unique(idx[self._cache_version[idx] != model.version])
         if len(stale):
-            obs = self.to_torch(self.observations[stale, 0, :])
-            acts = self.to_torch(self.actions[stale, 0, :])
-            rows = score_inputs(obs, acts, model.action_space)
-            self._cache[stale] = model.rewards(rows).cpu().numpy()
+            rows = self._rows(stale)
+            missing = ~self._has_fixed[stale]
+            if missing.any():
+                part = model.fixed_part(rows[torch.as_tensor(missing, device=rows.device)])
+                if part is not None:
+                    self._fixed[stale[missing]] = part.cpu().numpy()
+                    self._has_fixed[stale[missing]] = True
+            fixed = torch.as_tensor(self._fixed[stale], device=rows.device) if self._has_fixed[stale].all() else None
+            self._cache[stale] = model.rewards(rows, fixed).cpu().numpy()
             self._cache_version[stale] = model.version
-        r = torch.as_tensor(self._cache[batch_inds], device=samples.rewards.device)
-        return samples._replace(rewards=normalize_rewards(r, model.cfg).reshape(-1, 1))
+        return self._cache[idx]
+
+    def _rows(self, idx: np.ndarray) -> torch.Tensor:
+        """Score-model inputs of the rows at ``idx``."""
+        obs = self.to_torch(self.observations[idx, 0, :])
+        acts = self.to_torch(self.actions[idx, 0, :])
+        return score_inputs(obs, acts, self.reward_model.action_space if self.reward_model else None)
+
+    def newest(self, window: Optional[int]) -> np.ndarray:
+        """Indices of the stored rows, oldest first (the newest ``window`` of them)."""
+        n = self.buffer_size if self.full else self.pos
+        idx = np.arange(n) if not self.full else (np.arange(n) + self.pos) % n
+        return idx if window is None else idx[-window:]
 
     def learner_rows(self, window: Optional[int]) -> np.ndarray:
         """The learner's score-model inputs stored so far (the newest ``window`` of them)."""
-        n = self.buffer_size if self.full else self.pos
-        idx = np.arange(n) if not self.full else (np.arange(n) + self.pos) % n  # oldest first
-        if window is not None:
-            idx = idx[-window:]
-        obs = torch.as_tensor(self.observations[idx, 0, :])
-        acts = torch.as_tensor(self.actions[idx, 0, :])
-        action_space = self.reward_model.action_space if self.reward_model else None
-        return score_inputs(obs, acts, action_space).float().numpy()
+        return self._rows(self.newest(window)).float().cpu().numpy()
 
 
 @dataclass
@@ -181,6 +224,7 @@ class RewardRefit(BaseCallback):
         self.reward_model = reward_model
         self.cfg = cfg
         self.expert_val = torch.as_tensor(expert_val[:2048], dtype=torch.float32)
+        self._expert_val_fixed: Optional[torch.Tensor] = None  # their fixed reward part, computed once
         self.on_iteration = on_iteration
         self.iteration = 0
 
@@ -199,12 +243,15 @@ class RewardRefit(BaseCallback):
         rows = buffer.learner_rows(self.cfg.learner_window)
         loss = self.reward_model.refit(rows, self.cfg, self.iteration)
         self.iteration += 1
+        if self._expert_val_fixed is None:
+            self._expert_val_fixed = self.reward_model.fixed_part(self.expert_val)
         stats = IterationStats(
             iteration=self.iteration,
             env_steps=self.num_timesteps,
             refit_loss=loss,
-            reward_mean_expert=float(self.reward_model.rewards(self.expert_val).mean()),
-            reward_mean_learner=float(self.reward_model.rewards(torch.as_tensor(rows[-2048:])).mean()),
+            reward_mean_expert=float(self.reward_model.rewards(self.expert_val, self._expert_val_fixed).mean()),
+            # through the buffer's cache: these rows' rewards are then known for the new version
+            reward_mean_learner=float(buffer.rewards_at(buffer.newest(2048)).mean()),
         )
         if self.on_iteration:
             self.on_iteration(stats)

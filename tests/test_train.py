@@ -69,6 +69,37 @@ def test_buffer_normalises_per_batch_and_caches_until_the_learner_changes():
     assert cost.evaluations == 64  # stale after a refit
 
 
+def test_buffer_computes_each_rows_expert_half_once_with_one_draw_set_per_run():
+    from smiling_pipeline.cost import reward
+
+    buffer, _ = filled_buffer(100)  # full: the next add overwrites slot 0
+    cost = buffer.reward_model = tiny_cost(4, CostConfig(reward_norm="none"))
+    fixed_rows = []
+    fixed_part = cost.fixed_part
+    cost.fixed_part = lambda rows: fixed_rows.append(len(rows)) or fixed_part(rows)
+
+    def direct(inds: np.ndarray) -> np.ndarray:  # both halves from scratch, with the run's draws
+        rows = torch.as_tensor(buffer.observations[inds, 0, :])
+        return reward(cost.expert, cost.learner, rows, draws=cost.draws).numpy()
+
+    first = buffer.rewards_at(np.arange(32))
+    with torch.no_grad():  # what a refit does: new learner weights, new version
+        for w in cost.learner.parameters():
+            w.add_(0.05)
+    cost.version += 1
+    second = buffer.rewards_at(np.arange(16, 48))
+    assert fixed_rows == [32, 16]  # rows 16..31 kept their expert half across the refit
+    assert np.allclose(second, direct(np.arange(16, 48)), atol=1e-5)
+    assert not np.allclose(first[16:], second[:16], atol=1e-5)  # the learner half did change
+    one_by_one = np.concatenate([direct(np.array([i])) for i in range(16, 48)])
+    assert np.allclose(second, one_by_one, atol=1e-5)  # a row's reward does not depend on its chunk
+
+    obs = np.full((1, 4), 3.0, dtype=np.float32)
+    buffer.add(obs, obs, np.zeros((1, 1)), np.array([0.0]), np.array([False]), [{}])  # overwrites slot 0
+    assert np.allclose(buffer.rewards_at(np.array([0])), direct(np.array([0])), atol=1e-5)
+    assert fixed_rows == [32, 16, 1]
+
+
 def test_state_action_rows_use_environment_actions():
     space = gym.spaces.Box(-3.0, 3.0, shape=(1,))
     obs = torch.zeros(3, 2)
@@ -195,7 +226,7 @@ def test_smiling_learns_on_inverted_pendulum(store, tmp_path):
     """
     params = write_params(tmp_path / "p.yaml", score={"hidden": 256}, pretrain={"steps": 1000},
                           train={"steps": 5000, "learning_starts": 1000, "iteration_steps": 1000,
-                                 "learner_fit_steps": 200, "eval_every": 5000, "eval_episodes": 5, "net": [64, 64],
+                                 "learner_fit_steps": 100, "eval_every": 5000, "eval_episodes": 5, "net": [64, 64],
                                  "checkpoint_every": 5000},
                           ingest={"num_states": 5000})
     run = run_cli(["train", "--params", params])
