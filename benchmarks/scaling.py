@@ -6,7 +6,7 @@ Same lockstep harness as ``training_overhead.py`` (SAC on the true reward and SM
 thread, 64x64 networks, timed env steps after ``learning_starts`` including the refits):
 - **dimension**: real MuJoCo envs of growing observation size, InvertedPendulum (4), Hopper (11),
   HalfCheetah (17), Ant (105), Humanoid (348);
-- **K**: the number of diffusion timesteps the estimator draws per batch (``cost.timesteps``), on
+- **K**: the number of diffusion timesteps the estimator draws (once per run; ``cost.timesteps``), on
   Hopper-v5, from 8 to 256 (the official implementation draws 500 per state), with the replay
   buffer pre-filled with 50,000 rows: K only matters once many distinct rows are sampled per
   iteration (late in a run); early on the per-row reward cache hides it.

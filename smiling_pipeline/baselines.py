@@ -12,6 +12,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from smiling_pipeline.config import BaselinesConfig, CostConfig, TrainConfig
+from smiling_pipeline.errors import UserError
 from smiling_pipeline.rl import RewardModel
 
 
@@ -38,6 +39,8 @@ class DacReward(RewardModel):
                  baselines: BaselinesConfig, action_space: Optional[gym.spaces.Box], seed: int = 0,
                  device: torch.device = torch.device("cpu"), min_std: float = 0.1):
         super().__init__(cfg, action_space, seed)
+        if baselines.dac_fit_steps < 1:
+            raise UserError(f"baselines.dac_fit_steps must be at least 1, got {baselines.dac_fit_steps}")
         torch.manual_seed(seed)
         self.mean = torch.as_tensor(mean, dtype=torch.float32, device=device)
         self.std = torch.as_tensor(np.maximum(std, min_std), dtype=torch.float32, device=device)
@@ -45,6 +48,7 @@ class DacReward(RewardModel):
         self.d = discriminator(expert_rows.shape[1], baselines.dac_hidden).to(device)
         self.optimizer = torch.optim.Adam(self.d.parameters(), lr=baselines.dac_lr)
         self.penalty = baselines.dac_gradient_penalty
+        self.fit_steps = baselines.dac_fit_steps
         self.generator = torch.Generator(device=device).manual_seed(seed)
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
@@ -65,7 +69,7 @@ class DacReward(RewardModel):
         learner = self.normalize(torch.as_tensor(learner_rows, dtype=torch.float32, device=self.mean.device))
         n = min(cfg.learner_batch_size, len(learner), len(self.expert))
         loss = torch.zeros(())
-        for _ in range(cfg.learner_fit_steps):
+        for _ in range(self.fit_steps):
             e = self.expert[torch.randint(0, len(self.expert), (n,), generator=self.generator, device=self.mean.device)]
             lr = learner[torch.randint(0, len(learner), (n,), generator=self.generator, device=self.mean.device)]
             loss = self.loss(e, lr)

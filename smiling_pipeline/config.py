@@ -131,6 +131,7 @@ class BaselinesConfig:
     dac_hidden: int = 256
     dac_lr: float = 3e-4
     dac_gradient_penalty: float = 10.0
+    dac_fit_steps: int = 200  # discriminator steps per refit (batch train.learner_batch_size)
     bc_steps: int = 5_000  # gradient steps on expert (state, action) pairs
     bc_batch_size: int = 256
     bc_lr: float = 1e-3

@@ -24,7 +24,7 @@ from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.type_aliases import ReplayBufferSamples
 
 from smiling_pipeline.config import CostConfig, TrainConfig
-from smiling_pipeline.cost import _check_pair, draw, model_errors, normalize_rewards
+from smiling_pipeline.cost import draw, model_errors, normalize_rewards
 from smiling_pipeline.errors import UserError
 from smiling_pipeline.score import FitSettings, ScoreModel, fit
 
@@ -91,8 +91,7 @@ class SmilingReward(RewardModel):
     def __init__(self, expert: ScoreModel, cfg: CostConfig, action_space: Optional[gym.spaces.Box], seed: int = 0):
         super().__init__(cfg, action_space, seed)
         self.expert = expert
-        self.learner = expert.fresh_copy()
-        _check_pair(expert, self.learner)
+        self.learner = expert.fresh_copy()  # same normalisation as the expert
         self.optimizer: Optional[torch.optim.Optimizer] = None
         generator = torch.Generator(device=expert.mean.device).manual_seed(seed)
         self.draws = draw(expert.t_max, expert.dim, cfg.timesteps, cfg.antithetic, generator, expert.mean.device)

@@ -23,9 +23,10 @@ def gaussian(n: int, d: int, mean: float, seed: int) -> np.ndarray:
 
 def test_dac_reward_is_higher_on_expert_rows_and_positive():
     expert = gaussian(2000, 3, 0.0, 0)
-    model = DacReward(expert, expert.mean(0), expert.std(0), CostConfig(), BaselinesConfig(dac_hidden=32), None)
+    model = DacReward(expert, expert.mean(0), expert.std(0), CostConfig(),
+                      BaselinesConfig(dac_hidden=32, dac_fit_steps=300), None)
     before = model.version
-    model.refit(gaussian(2000, 3, 2.0, 1), TrainConfig(learner_fit_steps=300, learner_batch_size=256), 0)
+    model.refit(gaussian(2000, 3, 2.0, 1), TrainConfig(learner_fit_steps=1, learner_batch_size=256), 0)
     assert model.version == before + 1
     on_expert = model.rewards(torch.as_tensor(gaussian(500, 3, 0.0, 2)))
     on_learner = model.rewards(torch.as_tensor(gaussian(500, 3, 2.0, 3)))
