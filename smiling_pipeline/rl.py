@@ -24,12 +24,9 @@ from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.type_aliases import ReplayBufferSamples
 
 from smiling_pipeline.config import CostConfig, TrainConfig
-from smiling_pipeline.cost import draw, model_errors, normalize_rewards
+from smiling_pipeline.cost import Draws, draw, model_errors, normalize_rewards
 from smiling_pipeline.errors import UserError
 from smiling_pipeline.score import FitSettings, ScoreModel, fit
-
-RewardFn = Callable[[torch.Tensor], torch.Tensor]
-
 
 def score_inputs(obs: torch.Tensor, actions: torch.Tensor, action_space: Optional[gym.spaces.Box]) -> torch.Tensor:
     """Rows the score models see: states, or [state, env action] when ``action_space`` is given.
@@ -121,7 +118,7 @@ class SmilingReward(RewardModel):
             raise UserError("the checkpoint was made by an older smiling_pipeline (per-batch estimator draws); "
                             "train without --resume")
         self.learner.load_state_dict(state["learner"])
-        self.draws = type(self.draws)(state["draws"]["t"].to(self.draws.t), state["draws"]["eps"].to(self.draws.eps))
+        self.draws = Draws(state["draws"]["t"].to(self.draws.t), state["draws"]["eps"].to(self.draws.eps))
         if state["optimizer"] is not None:
             self.optimizer = torch.optim.AdamW(self.learner.parameters())
             self.optimizer.load_state_dict(state["optimizer"])
@@ -185,10 +182,11 @@ class SmilingReplayBuffer(ReplayBuffer):
             self._cache_version[stale] = model.version
         return self._cache[idx]
 
-    def _rows(self, idx: np.ndarray) -> torch.Tensor:
-        """Score-model inputs of the rows at ``idx``."""
-        obs = self.to_torch(self.observations[idx, 0, :])
-        acts = self.to_torch(self.actions[idx, 0, :])
+    def _rows(self, idx: np.ndarray, on_device: bool = True) -> torch.Tensor:
+        """Score-model inputs of the rows at ``idx``: on the learner's device, or CPU tensors over the
+        gathered arrays (no further copy)."""
+        convert = self.to_torch if on_device else torch.as_tensor
+        obs, acts = convert(self.observations[idx, 0, :]), convert(self.actions[idx, 0, :])
         return score_inputs(obs, acts, self.reward_model.action_space if self.reward_model else None)
 
     def newest(self, window: Optional[int]) -> np.ndarray:
@@ -199,7 +197,7 @@ class SmilingReplayBuffer(ReplayBuffer):
 
     def learner_rows(self, window: Optional[int]) -> np.ndarray:
         """The learner's score-model inputs stored so far (the newest ``window`` of them)."""
-        return self._rows(self.newest(window)).float().cpu().numpy()
+        return self._rows(self.newest(window), on_device=False).float().numpy()
 
 
 @dataclass
