@@ -601,7 +601,7 @@ def findings(results: list[dict], recs: dict) -> list[str]:
     ch = [f"{x['env']} {x['pair']}: " + _fmt("ratio", _rows_ratio(x)) for x in results]
     L.append("5. **Chunk size**: 65,536-row chunks vs 2,048-row chunks for the same per-state estimator, time ratio at "
              f"K={','.join(map(str, CHUNK_KS))}: " + "; ".join(ch) + " (activations that fit in cache). `grid_errors` "
-             "uses 2,048.")
+             "uses about 2 MB of activations per chunk, in buffers reused by every chunk.")
     L.append("6. **`cost.reward` is exact**: max relative difference to the plain computation (x_t built, nets on every "
              "row) with the same draws: " + ", ".join(f"{x['ours_max_rel_diff_vs_plain']:.0e}" for x in results) + ".")
     off = [f"{x['env']} {x['pair']}: {x['rows'][0]['median_s'] * 1e3:.0f} ms" for x in results]
@@ -695,7 +695,7 @@ def render_report(meta: dict, results: list[dict], recs: dict) -> str:
              "`half` where the official divides by `half - 1`; irrelevant here since both estimators call the same models.")
     L.append("- **ours**: `smiling_pipeline.cost.reward` as committed: K stratified timesteps on [0, t_max) and one noise "
              "vector per timestep, all shared by the states of the batch (antithetic: neighbouring strata use eps and "
-             "-eps), first layer split in `ScoreModel.grid_errors` (x_t is linear in (x0, eps)), 2,048-row chunks.")
+             "-eps), first layer split in `ScoreModel.grid_errors` (x_t is linear in (x0, eps)), ~2 MB chunks in reused buffers.")
     L.append("- **per_state** (reference, in this file): the previous `cost.reward` (commit b806158): the same shared "
              "stratified timesteps but fresh noise per (state, timestep) (antithetic per state), both nets on all B*K "
              "rows, 2,048-row chunks; **per_state_chunk65536**: the same with the 65,536-row chunks it shipped with.")

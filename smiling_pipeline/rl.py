@@ -24,9 +24,9 @@ from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.type_aliases import ReplayBufferSamples
 
 from smiling_pipeline.config import CostConfig, TrainConfig
-from smiling_pipeline.cost import Draws, draw, model_errors, normalize_rewards
+from smiling_pipeline.cost import Draws, draw, grid_terms, model_errors, normalize_rewards
 from smiling_pipeline.errors import UserError
-from smiling_pipeline.score import FitSettings, ScoreModel, fit
+from smiling_pipeline.score import FitSettings, GridTerms, ScoreModel, fit
 
 def score_inputs(obs: torch.Tensor, actions: torch.Tensor, action_space: Optional[gym.spaces.Box]) -> torch.Tensor:
     """Rows the score models see: states, or [state, env action] when ``action_space`` is given.
@@ -82,7 +82,8 @@ class SmilingReward(RewardModel):
 
     The estimator's K (timestep, noise) draws are made once per run from ``seed``: every reward of
     the run shares them (common random numbers across all rows, not only within one relabelled
-    chunk), and a row's expert half (:meth:`fixed_part`) is then computed once.
+    chunk), and a row's expert half (:meth:`fixed_part`) is then computed once. Each model's
+    per-draw terms are computed once per reward version (most calls relabel a handful of rows).
     """
 
     def __init__(self, expert: ScoreModel, cfg: CostConfig, action_space: Optional[gym.spaces.Box], seed: int = 0):
@@ -92,13 +93,23 @@ class SmilingReward(RewardModel):
         self.optimizer: Optional[torch.optim.Optimizer] = None
         generator = torch.Generator(device=expert.mean.device).manual_seed(seed)
         self.draws = draw(expert.t_max, expert.dim, cfg.timesteps, cfg.antithetic, generator, expert.mean.device)
+        self._terms: dict[str, tuple[int, GridTerms]] = {}  # "expert" / "learner" -> (version, its grid terms)
+
+    def _errors(self, name: str, rows: torch.Tensor) -> torch.Tensor:
+        """``model_errors`` of the expert or learner model, its per-draw terms computed once per version."""
+        model: ScoreModel = getattr(self, name)
+        version, terms = self._terms.get(name, (None, None))
+        if terms is None or version != self.version:
+            terms = grid_terms(model, self.draws)
+            self._terms[name] = (self.version, terms)
+        return model_errors(model, rows, terms)
 
     def fixed_part(self, rows: torch.Tensor) -> torch.Tensor:
         """Minus the expert model's denoising error: the reward is the learner's error plus this."""
-        return -model_errors(self.expert, rows, self.draws)
+        return -self._errors("expert", rows)
 
     def _rewards(self, rows: torch.Tensor, fixed: Optional[torch.Tensor]) -> torch.Tensor:
-        return model_errors(self.learner, rows, self.draws) + (self.fixed_part(rows) if fixed is None else fixed)
+        return self._errors("learner", rows) + (self.fixed_part(rows) if fixed is None else fixed)
 
     def refit(self, learner_rows: np.ndarray, cfg: TrainConfig, iteration: int) -> float:
         settings = FitSettings(cfg.learner_fit_steps, cfg.learner_batch_size, cfg.learner_lr,
@@ -118,6 +129,7 @@ class SmilingReward(RewardModel):
             raise UserError("the checkpoint was made by an older smiling_pipeline (per-batch estimator draws); "
                             "train without --resume")
         self.learner.load_state_dict(state["learner"])
+        self._terms.clear()  # new weights, possibly under a version number seen before
         self.draws = Draws(state["draws"]["t"].to(self.draws.t), state["draws"]["eps"].to(self.draws.eps))
         if state["optimizer"] is not None:
             self.optimizer = torch.optim.AdamW(self.learner.parameters())

@@ -131,12 +131,15 @@ def test_grid_errors_equal_the_plain_computation(cfg):
     t = torch.tensor([0, 5, 300, 2000, 17])
     eps = torch.randn(5, 3)
     with torch.no_grad():
-        fast = model.grid_errors(x0, t, eps, chunk_rows=14)  # several chunks
+        # chunks of 3 (rows 3, 3, 1 one draw at a time), 14 (all rows, 2 draws) and all 35 (row, draw) pairs
+        terms = model.grid_terms(t, eps)
+        fast = [model.grid_errors(x0, terms, chunk_bytes=4 * pairs * (cfg.hidden + 3)) for pairs in (3, 14, 35)]
         rows_x = x0.repeat(5, 1)
         rows_t = t.repeat_interleave(7)
         rows_e = eps.repeat_interleave(7, dim=0)
         plain = ((model(model.diffuse(rows_x, rows_t, rows_e), rows_t) - rows_e) ** 2).mean(1).view(5, 7).sum(0)
-    assert torch.allclose(fast, plain, rtol=1e-5, atol=1e-6)
+    for errors in fast:
+        assert torch.allclose(errors, plain, rtol=1e-5, atol=1e-6)
 
 
 def test_reward_rejects_mismatched_inputs():
