@@ -59,6 +59,7 @@ class GridTerms:
     first: torch.Tensor  # (K, H) first-layer pre-activation of the draw's noise, time embedding and bias
     offset: torch.Tensor  # (d, K, 1) output bias minus the draw's noise
 
+
 class ScoreModel(nn.Module):
     """``eps_theta(x_t, t)`` for normalised inputs, with the schedule and normalisation as buffers.
 
@@ -100,7 +101,7 @@ class ScoreModel(nn.Module):
         return self.net(torch.cat([x_t, temb], dim=-1))
 
     @torch.inference_mode()
-    def grid_terms(self, t: torch.Tensor, eps: torch.Tensor) -> "GridTerms":
+    def grid_terms(self, t: torch.Tensor, eps: torch.Tensor) -> GridTerms:
         """The per-draw parts of :meth:`grid_errors` for timesteps ``t`` (K,) and noise ``eps`` (K, d):
         they depend only on the draws and the weights, so a caller that keeps both can reuse them."""
         first = self.net[0]
@@ -110,7 +111,7 @@ class ScoreModel(nn.Module):
         return GridTerms(self.sqrt_ab[t], per_t, (self.net[-1].bias - eps).T[:, :, None])
 
     @torch.inference_mode()
-    def grid_errors(self, x0: torch.Tensor, terms: "GridTerms", chunk_bytes: int = 2 << 20) -> torch.Tensor:
+    def grid_errors(self, x0: torch.Tensor, terms: GridTerms, chunk_bytes: int = 2 << 20) -> torch.Tensor:
         """Per row b of ``x0``: sum over the K draws (t_j, eps_j) of ``terms`` of mean_d (eps_theta(x_t, t_j) - eps_j)^2,
         x_t = diffuse(x0_b, t_j, eps_j).
 
@@ -123,8 +124,8 @@ class ScoreModel(nn.Module):
         per_row = x0 @ self.net[0].weight[:, : self.dim].T  # (B, H)
         (n, width), k = per_row.shape, len(terms.signal)
         pairs = max(1, chunk_bytes // (4 * (width + self.dim)))
-        rows = min(n, pairs)
-        step = max(1, pairs // max(rows, 1))
+        rows = max(1, min(n, pairs))
+        step = max(1, pairs // rows)
         hidden = x0.new_empty(step * rows * width)
         residual = x0.new_empty(step * rows * self.dim)
         out = torch.zeros(n, device=x0.device)

@@ -140,6 +140,7 @@ def test_grid_errors_equal_the_plain_computation(cfg):
         plain = ((model(model.diffuse(rows_x, rows_t, rows_e), rows_t) - rows_e) ** 2).mean(1).view(5, 7).sum(0)
     for errors in fast:
         assert torch.allclose(errors, plain, rtol=1e-5, atol=1e-6)
+    assert model.grid_errors(x0[:0], terms).shape == (0,)
 
 
 def test_reward_rejects_mismatched_inputs():
