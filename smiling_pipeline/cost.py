@@ -83,7 +83,6 @@ def grid_terms(model: ScoreModel, draws: Draws) -> GridTerms:
     return model.grid_terms(draws.t, draws.eps)
 
 
-@torch.inference_mode()
 def model_errors(model: ScoreModel, x_raw: torch.Tensor, terms: GridTerms) -> torch.Tensor:
     """One model's half of the reward: per row, the mean over the draws of mean_d (eps_theta(x_t, t) - eps)^2."""
     if x_raw.ndim != 2 or x_raw.shape[1] != model.dim:
