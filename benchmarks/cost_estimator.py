@@ -25,6 +25,8 @@ setting for these small MLPs on this machine):
    - ``ours``: ``smiling_pipeline.cost.reward`` for K in {4, 8, 16, 32, 64}, antithetic on/off:
      K stratified timesteps on [0, t_max) and one noise vector per timestep, shared by all states
      of the batch, first layer split (``ScoreModel.grid_errors``).
+   - ``ours_bf16``: the same for K in {16, 32} with the output layers' matmuls in bfloat16
+     (``dtype=torch.bfloat16``, what ``runtime.precision: auto`` picks on CPUs with native bf16).
    - ``per_state`` (reference kept here): the previous design of ``cost.reward`` (commit b806158):
      the same stratified timesteps shared by the batch, but fresh noise per (state, timestep),
      both nets on all B*K rows; in 2,048-row chunks, and (``per_state_chunk65536``) in the
@@ -77,7 +79,8 @@ CHUNK_KS = (16, 32, 64)
 TARGET_SPEEDUP = 20.0
 REDRAWN_KS = (16, 32, 64)
 REDRAW_ROWS = 8
-FAMILIES = ("ours", "redrawn", "per_state", "per_state_chunk65536")
+BF16_KS = (16, 32)
+FAMILIES = ("ours", "ours_bf16", "redrawn", "per_state", "per_state_chunk65536")
 
 
 # --------------------------------------------------------------------------------------------- data
@@ -369,6 +372,9 @@ def bench_pair(data: EnvData, pair: str, cfg: ScoreConfig, st: Settings, seed: i
         for anti in (True, False):
             ests.append(Estimator(f"ours K={k} anti={'on' if anti else 'off'}", own,
                                   lambda g, k=k, anti=anti: cost.reward(expert, learner, x, k=k, antithetic=anti, generator=g)))
+    for k in BF16_KS:
+        ests.append(Estimator(f"ours_bf16 K={k} anti=on", own, lambda g, k=k: cost.reward(
+            expert, learner, x, k=k, antithetic=True, generator=g, dtype=torch.bfloat16)))
     for k in REDRAWN_KS:
         ests.append(Estimator(f"redrawn K={k} anti=on", own, lambda g, k=k: redrawn_reward(expert, learner, x, k, g)))
     for k in PER_STATE_KS:
@@ -383,6 +389,9 @@ def bench_pair(data: EnvData, pair: str, cfg: ScoreConfig, st: Settings, seed: i
     ref = shared_noise_plain(expert, learner, x, 32, True, torch.Generator().manual_seed(5))
     lib = cost.reward(expert, learner, x, k=32, antithetic=True, generator=torch.Generator().manual_seed(5))
     check_err = float((ref - lib).abs().max() / ref.abs().max())
+    bf16 = cost.reward(expert, learner, x, k=32, antithetic=True, generator=torch.Generator().manual_seed(5),
+                       dtype=torch.bfloat16)
+    bf16_err = float((bf16 - lib).abs().max() / lib.abs().max())
 
     t0 = time.perf_counter()
     run_estimators(ests, st.rounds, seed=seed + 10_000, extra_timing=st.extra_timing)
@@ -398,6 +407,7 @@ def bench_pair(data: EnvData, pair: str, cfg: ScoreConfig, st: Settings, seed: i
         "env": data.env_id, "d": d, "pair": pair, "t_max": expert.t_max, "T": T, "fit_steps": st.fit_steps[d],
         "fit_seconds": fit_s, "truth_k": kt, "truth_seconds": truth_s, "truth_reliability": rel,
         "truth_inf_vs_full": truth_corr, "ours_max_rel_diff_vs_plain": check_err,
+        "bf16_max_rel_diff_vs_fp32": bf16_err,
         "official_distinct_timesteps_per_state": distinct_official_timesteps(BATCH),
         "official_grid_beyond_t_max": float(np.mean(np.arange(0, T, T // OFFICIAL_K) >= expert.t_max)),
         "reward_own_truth": {"expert_mean": float(tt[: BATCH // 2].mean()), "learner_mean": float(tt[BATCH // 2:].mean()),
@@ -612,7 +622,18 @@ def findings(results: list[dict], recs: dict) -> list[str]:
     L.append("8. **One draw set for all the rows compared** (training now draws once per run, so every sampled batch "
              f"shares it) **vs new draws every {REDRAW_ROWS} rows** (what a relabelled batch held before), within-group "
              "Spearman vs own truth, one set vs redrawn: " + "; ".join(rd) + ". Mixing draws within a batch loses the "
-             "common-random-number cancellation, as per-state noise does.\n")
+             "common-random-number cancellation, as per-state noise does.")
+    bf = [f"{x['env']} {x['pair']}: " + ", ".join(
+        f"K={k} {_rows(x)[f'ours_bf16 K={k} anti=on'][m]:.3f} vs {_rows(x)[f'ours K={k} anti=on'][m]:.3f} "
+        f"({_rows(x)[f'ours K={k} anti=on']['median_s'] / _rows(x)[f'ours_bf16 K={k} anti=on']['median_s']:.2f}x)"
+        for k in BF16_KS) for x in results if "bf16_max_rel_diff_vs_fp32" in x for m in ("within_spearman_own",)]
+    if bf:
+        L.append("9. **bfloat16 output layers** (`runtime.precision: auto` on a CPU with AVX512-BF16 or AMX): within-group "
+                 "Spearman vs own truth, bfloat16 vs float32 (and the speedup over float32): " + "; ".join(bf)
+                 + ". Max difference to float32 with the same draws, relative to the largest reward: "
+                 + ", ".join(f"{x['bf16_max_rel_diff_vs_fp32']:.0e}" for x in results if "bf16_max_rel_diff_vs_fp32" in x)
+                 + ": rounding far below the estimator's own sampling error.")
+    L[-1] += "\n"
     return L
 
 
@@ -695,7 +716,8 @@ def render_report(meta: dict, results: list[dict], recs: dict) -> str:
              "`half` where the official divides by `half - 1`; irrelevant here since both estimators call the same models.")
     L.append("- **ours**: `smiling_pipeline.cost.reward` as committed: K stratified timesteps on [0, t_max) and one noise "
              "vector per timestep, all shared by the states of the batch (antithetic: neighbouring strata use eps and "
-             "-eps), first layer split in `ScoreModel.grid_errors` (x_t is linear in (x0, eps)), ~2 MB chunks in reused buffers.")
+             "-eps), first layer split in `ScoreModel.grid_errors` (x_t is linear in (x0, eps)), ~2 MB chunks in reused buffers. **ours_bf16**: the same with the output layers' "
+             "matmuls in bfloat16 (`dtype=torch.bfloat16`, `runtime.precision: auto` on CPUs with native bf16).")
     L.append("- **per_state** (reference, in this file): the previous `cost.reward` (commit b806158): the same shared "
              "stratified timesteps but fresh noise per (state, timestep) (antithetic per state), both nets on all B*K "
              "rows, 2,048-row chunks; **per_state_chunk65536**: the same with the 65,536-row chunks it shipped with.")

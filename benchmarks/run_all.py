@@ -34,21 +34,35 @@ NAMES = ("overhead", "pretrain", "ingest", "scaling", "cost")
 
 
 def overhead_table(res: dict[str, Any]) -> list[str]:
+    precision = res.get("precision", "float32")
+    f32 = precision != "float32"
     lines = [f"Target: SMILING/SAC wall-time ratio <= {res['target_ratio']}. Median over {res['rows'][0]['repeats']} "
-             "repeat(s); prefill = replay-buffer rows before the timed window (late in a long run).", "",
-             "| env | net | prefill | SAC steps/s | SMILING steps/s | ratio | reward share | refit share | meets |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---|"]
+             f"repeat(s); prefill = replay-buffer rows before the timed window (late in a long run). SMILING runs "
+             f"the default `runtime.precision: auto`, here {precision}"
+             + (" (score-model matmuls; *float32 ratio*: SMILING in float32, in the same lockstep)." if f32 else "."), "",
+             "| env | net | prefill | SAC steps/s | SMILING steps/s | ratio | reward share | refit share | meets |"
+             + (" float32 ratio |" if f32 else ""),
+             "|---|---|---:|---:|---:|---:|---:|---:|---|" + ("---:|" if f32 else "")]
     for r in res["rows"]:
         lines.append(f"| {r['env']} | {'x'.join(map(str, r['net']))} | {r['prefill']:,} | {r['sac_steps_per_s']:.0f} | "
                      f"{r['smiling_steps_per_s']:.0f} | **{r['ratio']:.2f}** | {r['smiling_reward_share']:.0%} | "
-                     f"{r['smiling_refit_share']:.0%} | {'yes' if r['meets_target'] else 'no'} |")
+                     f"{r['smiling_refit_share']:.0%} | {'yes' if r['meets_target'] else 'no'} |"
+                     + (f" {r['ratio_float32']:.2f} |" if f32 else ""))
     return lines
 
 
 def pretrain_table(res: dict[str, Any]) -> list[str]:
-    lines = ["| d | threads | ms/step (batch 1,024) | samples/s | default pretraining |", "|---:|---:|---:|---:|---:|"]
-    lines += [f"| {r['d']} | {r['threads']} | {r['ms_per_step']:.1f} | {r['samples_per_s']:,.0f} | "
+    lines = ["| d | threads | dtype | ms/step (batch 1,024) | samples/s | default pretraining |",
+             "|---:|---:|---|---:|---:|---:|"]
+    lines += [f"| {r['d']} | {r['threads']} | {r['dtype']} | {r['ms_per_step']:.1f} | {r['samples_per_s']:,.0f} | "
               f"{r['pretrain_seconds']:.0f} s |" for r in res["rows"]]
+    lines += ["", "Fit quality (same initial weights, float32 validation loss after the fit; seeds 0 / 1):", "",
+              "| env | d | steps | float32 | bfloat16 | bfloat16 - float32 | float32 seed 1 - seed 0 |",
+              "|---|---:|---:|---|---|---|---:|"]
+    for q in res.get("quality", []):
+        f32, b16 = q["val_loss"]["float32"], q["val_loss"]["bfloat16"]
+        lines.append(f"| {q['env']} | {q['d']} | {q['steps']} | {f32[0]:.4f} / {f32[1]:.4f} | {b16[0]:.4f} / {b16[1]:.4f} | "
+                     f"{' / '.join(f'{x:+.4f}' for x in q['bf16_minus_fp32'])} | {q['fp32_seed_difference']:+.4f} |")
     return lines
 
 

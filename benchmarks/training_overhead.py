@@ -53,6 +53,12 @@ sys.path.insert(0, str(ROOT))
 
 TARGET_RATIO = 1.3
 
+from smiling_pipeline.config import RuntimeConfig  # noqa: E402
+from smiling_pipeline.runtime import resolve_precision  # noqa: E402
+
+# the pipeline's default (runtime.precision: auto): bfloat16 score-model matmuls on CPUs with native bf16
+PRECISION = resolve_precision(RuntimeConfig().precision, torch.device("cpu"))
+
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from cost_estimator import collect_states  # noqa: E402  (seeded uniform-random rollouts)
 
@@ -117,6 +123,7 @@ class Learner:
 
     def __init__(self, algo: str, env_id: str, net: tuple[int, ...], seed: int, steps: int, expert: Any,
                  expert_val: np.ndarray, prefill: int = 0, k: Optional[int] = None):
+        """``algo``: sac, smiling (the default precision) or smiling_float32."""
         from stable_baselines3 import SAC
 
         from smiling_pipeline.config import CostConfig, TrainConfig
@@ -141,7 +148,7 @@ class Learner:
             from smiling_pipeline.rl import RewardRefit, SmilingReward
 
             cost_cfg = CostConfig() if k is None else dataclasses.replace(CostConfig(), timesteps=k)
-            reward = SmilingReward(expert, cost_cfg, None, seed)
+            reward = SmilingReward(expert, cost_cfg, None, seed, torch.float32 if algo == "smiling_float32" else PRECISION)
             self.model = build_model(cfg, self.env, torch.device("cpu"), None)
             self.model.replay_buffer.reward_model = reward
             stop, timers, result = self.stop, self.timers, self.result
@@ -177,7 +184,7 @@ class Learner:
             self.callback = refit
         if prefill:
             prefill_buffer(self.model.replay_buffer, prefill, seed)
-            if algo == "smiling":  # as in a real run, where each row got its expert half when first sampled
+            if algo != "sac":  # as in a real run, where each row got its expert half when first sampled
                 for i in range(0, prefill, 8_192):
                     self.model.replay_buffer.rewards_at(np.arange(i, min(i + 8_192, prefill)))
 
@@ -228,6 +235,8 @@ class Settings:
     repeats: int
     late: tuple  # (env id, net, prefill rows, steps) rows
     chunk: int = 250  # env steps per turn in the lockstep alternation
+    # with a narrower default precision, SMILING in float32 runs alongside (the precision's own gain)
+    algos: tuple = ("sac", "smiling") + (("smiling_float32",) if PRECISION != torch.float32 else ())
 
 
 FULL = Settings({"InvertedPendulum-v5": 5_000, "Hopper-v5": 3_000, "Humanoid-v5": 3_000}, ((64, 64), (256, 256)),
@@ -240,6 +249,7 @@ def pair_rows(runs: list[RunResult]) -> dict:
     """Summary of the alternating SAC / SMILING runs of one configuration."""
     sac = [r for r in runs if r.algo == "sac"]
     smi = [r for r in runs if r.algo == "smiling"]
+    f32 = [r for r in runs if r.algo == "smiling_float32"]
     ratios = [b.seconds / a.seconds for a, b in zip(sac, smi)]
     s = smi[0]
     med = lambda xs: statistics.median(xs)  # noqa: E731
@@ -248,6 +258,7 @@ def pair_rows(runs: list[RunResult]) -> dict:
         "env": s.env_id, "net": list(s.net), "steps": s.steps, "prefill": s.prefill, "repeats": len(ratios),
         "sac_steps_per_s": med([r.steps_per_s for r in sac]), "smiling_steps_per_s": med([r.steps_per_s for r in smi]),
         "ratio": med(ratios), "ratios": ratios, "meets_target": med(ratios) <= TARGET_RATIO,
+        "ratio_float32": med([b.seconds / a.seconds for a, b in zip(sac, f32)]) if f32 else None,
         "smiling_reward_share": med([r.reward_seconds / r.seconds for r in smi]),
         "smiling_refit_share": med([r.refit_seconds / r.seconds for r in smi]),
         "refit_seconds_each": med([r.refit_seconds / max(r.refits, 1) for r in smi]),
@@ -271,22 +282,22 @@ def run(quick: bool = False, log: Callable[[str], None] = print, late: bool = Tr
         expert, val = experts[env_id]
         runs = []
         for rep in range(st.repeats):
-            pair = [Learner(algo, env_id, net, rep, steps, expert, val, prefill=prefill) for algo in ("sac", "smiling")]
+            pair = [Learner(algo, env_id, net, rep, steps, expert, val, prefill=prefill) for algo in st.algos]
             lockstep(pair, steps, st.chunk)
             for ln in pair:
                 r = ln.close()
                 runs.append(r)
                 extra = (f", reward eval {r.reward_seconds:.1f} s ({r.rows_evaluated / r.steps:.1f} rows/step), refit "
-                         f"{r.refit_seconds:.1f} s ({r.refits}x)") if r.algo == "smiling" else ""
-                log(f"overhead: {env_id:20s} net {str(net):10s} prefill {prefill:>7,} rep {rep} {r.algo:8s} {r.steps} "
+                         f"{r.refit_seconds:.1f} s ({r.refits}x)") if r.algo != "sac" else ""
+                log(f"overhead: {env_id:20s} net {str(net):10s} prefill {prefill:>7,} rep {rep} {r.algo:15s} {r.steps} "
                     f"steps in {r.seconds:6.1f} s = {r.steps_per_s:6.1f} steps/s{extra}")
         row = pair_rows(runs)
         rows.append(row)
         log(f"overhead: {env_id} net {net} prefill {prefill:,}: SAC {row['sac_steps_per_s']:.1f} steps/s, SMILING "
             f"{row['smiling_steps_per_s']:.1f} steps/s, ratio {row['ratio']:.2f} ({'meets' if row['meets_target'] else 'misses'} "
-            f"<= {TARGET_RATIO})")
+            f"<= {TARGET_RATIO})" + (f"; float32 ratio {row['ratio_float32']:.2f}" if row["ratio_float32"] else ""))
     return {"settings": dataclasses.asdict(st), "target_ratio": TARGET_RATIO, "threads": torch.get_num_threads(),
-            "rows": rows}
+            "precision": str(PRECISION).removeprefix("torch."), "rows": rows}
 
 
 def main(argv: Optional[list[str]] = None) -> int:

@@ -40,6 +40,8 @@ RootOpt = Annotated[
 ]
 DeviceOpt = Annotated[Optional[str], typer.Option("--device", help="auto | cpu | cuda | cuda:N [params: runtime.device].")]
 ThreadsOpt = Annotated[Optional[int], typer.Option("--threads", min=1, help="Torch CPU threads [params: runtime.threads].")]
+PrecisionOpt = Annotated[Optional[str], typer.Option(
+    "--precision", help="Score-model matmuls: auto (bfloat16 where native) | float32 | bfloat16 [params: runtime.precision].")]
 SeedOpt = Annotated[Optional[int], typer.Option("--seed", help="Random seed [params: <stage>.seed].")]
 
 
@@ -71,18 +73,20 @@ def _quiet_libraries() -> None:
 
 
 def setup(params: Optional[Path], workdir: Optional[Path] = None, minari_root: Optional[Path] = None,
-          device: Optional[str] = None, threads: Optional[int] = None) -> C.Params:
+          device: Optional[str] = None, threads: Optional[int] = None, precision: Optional[str] = None) -> C.Params:
     """Load params, apply the runtime options, point Minari at its store and set torch threads.
 
     The Minari store is ``--minari-root``, else ``$MINARI_DATASETS_PATH``, else ``runtime.minari_root``,
     else Minari's default.
     """
     from smiling_pipeline.demos import use_minari_root
-    from smiling_pipeline.runtime import set_threads
+    from smiling_pipeline.runtime import check_precision, set_threads
 
     _quiet_libraries()
     p = C.load_params(params)
-    rt = C.override(p.runtime, workdir=str(workdir) if workdir else None, device=device, threads=threads)
+    rt = C.override(p.runtime, workdir=str(workdir) if workdir else None, device=device, threads=threads,
+                    precision=precision)
+    check_precision(rt.precision)
     use_minari_root(minari_root or os.environ.get("MINARI_DATASETS_PATH") or rt.minari_root)
     set_threads(rt.threads)
     return dataclasses.replace(p, runtime=rt)
@@ -207,11 +211,12 @@ def pretrain(
     minari_root: RootOpt = None,
     device: DeviceOpt = None,
     threads: ThreadsOpt = None,
+    precision: PrecisionOpt = None,
 ) -> None:
     """Pre-train the expert diffusion score model; logs losses and the model to MLflow."""
     from smiling_pipeline.stages import pretrain as run_pretrain
 
-    p = setup(params, workdir, minari_root, device, threads)
+    p = setup(params, workdir, minari_root, device, threads, precision)
     p = with_section(p, "ingest", dataset=dataset, with_actions=with_actions)
     p = with_section(p, "score", linear=linear)
     p = with_section(p, "pretrain", steps=steps, seed=seed)
@@ -239,11 +244,12 @@ def train(
     minari_root: RootOpt = None,
     device: DeviceOpt = None,
     threads: ThreadsOpt = None,
+    precision: PrecisionOpt = None,
 ) -> None:
     """Iterative SMILING (or the DAC / BC baselines): RL on the imitation reward, refit every iteration."""
     from smiling_pipeline.train import train as run_train
 
-    p = setup(params, workdir, minari_root, device, threads)
+    p = setup(params, workdir, minari_root, device, threads, precision)
     p = with_section(p, "ingest", dataset=dataset, with_actions=with_actions)
     p = with_section(p, "score", linear=linear)
     if algorithm not in (None, "smiling", "dac", "bc") or rl not in (None, "sac", "td3", "ddpg"):

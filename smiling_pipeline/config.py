@@ -27,6 +27,7 @@ class RuntimeConfig:
     workdir: Optional[str] = None  # stages write below this folder; None: data/<dataset id as a folder name>
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     threads: int = 1  # torch intra-op threads; one is fastest for small MLPs on CPU
+    precision: Literal["auto", "float32", "bfloat16"] = "auto"  # score-model matmuls; auto: bfloat16 where native
 
 
 @dataclass(frozen=True)

@@ -78,9 +78,10 @@ def draw(t_max: int, dim: int, k: int, antithetic: bool = True, generator: Optio
     return Draws(stratified_timesteps(t_max, k, generator, device), antithetic_noise(k, dim, antithetic, generator, device))
 
 
-def grid_terms(model: ScoreModel, draws: Draws) -> GridTerms:
-    """The model's per-draw terms (reusable while its weights and the draws stay the same)."""
-    return model.grid_terms(draws.t, draws.eps)
+def grid_terms(model: ScoreModel, draws: Draws, dtype: torch.dtype = torch.float32) -> GridTerms:
+    """The model's per-draw terms (reusable while its weights and the draws stay the same); ``dtype``
+    of the output layer's matmul."""
+    return model.grid_terms(draws.t, draws.eps, dtype)
 
 
 def model_errors(model: ScoreModel, x_raw: torch.Tensor, terms: GridTerms) -> torch.Tensor:
@@ -98,16 +99,18 @@ def reward(
     antithetic: bool = True,
     generator: Optional[torch.Generator] = None,
     draws: Optional[Draws] = None,
+    dtype: torch.dtype = torch.float32,
 ) -> torch.Tensor:
     """Per-row SMILING reward (unnormalised) of raw inputs ``x_raw`` (B, d), estimated with K timesteps.
 
     The K (timestep, noise) draws (new ones, or the given ``draws``) are shared by all rows; each
     row's estimate is unbiased, and the draws' error is common to the rows, so it cancels when rows
-    are compared.
+    are compared. ``dtype``: of the output layers' matmuls (``runtime.resolve_precision``).
     """
     _check_pair(expert, learner)
     draws = draws or draw(expert.t_max, expert.dim, k, antithetic, generator, expert.mean.device)
-    return model_errors(learner, x_raw, grid_terms(learner, draws)) - model_errors(expert, x_raw, grid_terms(expert, draws))
+    return (model_errors(learner, x_raw, grid_terms(learner, draws, dtype))
+            - model_errors(expert, x_raw, grid_terms(expert, draws, dtype)))
 
 
 def normalize_rewards(r: torch.Tensor, cfg: CostConfig) -> torch.Tensor:

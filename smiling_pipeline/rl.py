@@ -86,9 +86,11 @@ class SmilingReward(RewardModel):
     per-draw terms are computed once per reward version (most calls relabel a handful of rows).
     """
 
-    def __init__(self, expert: ScoreModel, cfg: CostConfig, action_space: Optional[gym.spaces.Box], seed: int = 0):
+    def __init__(self, expert: ScoreModel, cfg: CostConfig, action_space: Optional[gym.spaces.Box], seed: int = 0,
+                 dtype: torch.dtype = torch.float32):
         super().__init__(cfg, action_space, seed)
         self.expert = expert
+        self.dtype = dtype  # of the rewards' output-layer matmuls and the refit's forward passes
         self.learner = expert.fresh_copy()  # same normalisation as the expert
         self.optimizer: Optional[torch.optim.Optimizer] = None
         generator = torch.Generator(device=expert.mean.device).manual_seed(seed)
@@ -100,7 +102,7 @@ class SmilingReward(RewardModel):
         model: ScoreModel = getattr(self, name)
         version, terms = self._terms.get(name, (None, None))
         if terms is None or version != self.version:
-            terms = grid_terms(model, self.draws)
+            terms = grid_terms(model, self.draws, self.dtype)
             self._terms[name] = (self.version, terms)
         return model_errors(model, rows, terms)
 
@@ -113,7 +115,7 @@ class SmilingReward(RewardModel):
 
     def refit(self, learner_rows: np.ndarray, cfg: TrainConfig, iteration: int) -> float:
         settings = FitSettings(cfg.learner_fit_steps, cfg.learner_batch_size, cfg.learner_lr,
-                               eval_every=cfg.learner_fit_steps)
+                               eval_every=cfg.learner_fit_steps, dtype=self.dtype)
         self.optimizer, history = fit(self.learner, learner_rows, settings, seed=cfg.seed + iteration,
                                       optimizer=self.optimizer)
         self.version += 1

@@ -30,7 +30,7 @@ from smiling_pipeline.report import plot_curves
 from smiling_pipeline.baselines import DacReward, behaviour_cloning
 from smiling_pipeline.ingest import ExpertData
 from smiling_pipeline.rl import IterationStats, RewardModel, RewardRefit, SmilingReplayBuffer, SmilingReward
-from smiling_pipeline.runtime import resolve_device, seed_everything
+from smiling_pipeline.runtime import precision_setting, resolve_device, resolve_precision, seed_everything
 from smiling_pipeline.score import save_model
 from smiling_pipeline.stages import Say, _dvc_tags, ensure_ingested, load_expert_model, workdir
 
@@ -194,13 +194,17 @@ def make_reward(p: Params, data: ExpertData, env: gym.Env, say: Say, device: tor
         return DacReward(data.train, data.mean, data.std, p.cost, p.baselines, space, p.train.seed, device,
                          p.score.min_std)
     _, expert = load_expert_model(p, say)
-    return SmilingReward(expert, p.cost, space, p.train.seed)
+    return SmilingReward(expert, p.cost, space, p.train.seed, resolve_precision(p.runtime.precision, device))
 
 
-def _settings(p: Params) -> dict[str, Any]:
+def _settings(p: Params, device: torch.device) -> dict[str, Any]:
+    """What the run's results depend on: logged to MLflow, and a resumed run must match it."""
     sections = {"smiling": ("score", "cost", "train", "ingest"), "dac": ("cost", "train", "baselines", "ingest"),
                 "bc": ("train", "baselines", "ingest")}[p.train.algorithm]
-    return {k: as_dict(getattr(p, k)) for k in sections}
+    settings = {k: as_dict(getattr(p, k)) for k in sections}
+    if p.train.algorithm == "smiling":
+        settings["runtime"] = precision_setting(p.runtime.precision, device)
+    return settings
 
 
 def _tags(p: Params, data: ExpertData) -> dict[str, str]:
@@ -245,7 +249,8 @@ def train(p: Params, say: Say, resume: bool = False) -> dict[str, Any]:
     if cfg.algorithm == "bc" and not p.ingest.with_actions:
         raise UserError("BC needs expert actions: ingest with --with-actions (or ingest.with_actions: true)")
     out, records = workdir(p) / "train", workdir(p) / "train_metrics"
-    settings = _settings(p)
+    device = resolve_device(p.runtime.device)
+    settings = _settings(p, device)
     state = checkpoint.load_state(out / "checkpoint") if resume else None
     if state is not None and state["settings"] != settings:
         changed = sorted(f"{section}.{key}" for section in settings for key in settings[section]
@@ -255,7 +260,6 @@ def train(p: Params, say: Say, resume: bool = False) -> dict[str, Any]:
     tracking.check_store(tracking.tracking_uri())
     data = ensure_ingested(p, say)
     env_id, env = make_env(data)
-    device = resolve_device(p.runtime.device)
     seed_everything(cfg.seed)
     reward_model = make_reward(p, data, env, say, device) if cfg.algorithm != "bc" else None
     refs = references(data.meta, env_id)

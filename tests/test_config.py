@@ -65,6 +65,7 @@ def test_all_unknown_keys_are_named(tmp_path):
         ("train:\n  algorithm: ppo2\n", "train.algorithm"),
         ("train:\n  net: [32, x]\n", "train.net"),
         ("runtime:\n  threads: '2'\n", "runtime.threads"),
+        ("runtime:\n  precision: half\n", "runtime.precision"),
         ("score:\n  normalize: 1\n", "score.normalize"),
         ("ingest:\n  with_actions: maybe\n", "ingest.with_actions"),
         ("ingest:\n  num_states: lots\n", "ingest.num_states"),
@@ -153,6 +154,24 @@ def test_cli_bad_params_file(tmp_path, text, fragment):
     line = assert_user_error(run_cli(["ingest", "--params", bad, "--workdir", tmp_path / "w"]), fragment)
     assert str(bad) in line
     assert tree(tmp_path) == before
+
+
+def test_cli_unknown_precision(tmp_path):
+    assert_user_error(run_cli(["pretrain", "--precision", "half", "--workdir", tmp_path / "w"]), "precision", "half")
+    assert tree(tmp_path) == set()
+
+
+def test_precision_resolution():
+    import torch
+
+    from smiling_pipeline.runtime import native_bfloat16, resolve_precision
+
+    cpu = torch.device("cpu")
+    assert resolve_precision("float32", cpu) is torch.float32
+    assert resolve_precision("bfloat16", cpu) is torch.bfloat16
+    assert resolve_precision("auto", cpu) is (torch.bfloat16 if native_bfloat16(cpu) else torch.float32)
+    with pytest.raises(UserError, match="precision"):
+        resolve_precision("fp8", cpu)
 
 
 def test_cli_missing_params_file(tmp_path):

@@ -143,6 +143,38 @@ def test_grid_errors_equal_the_plain_computation(cfg):
     assert model.grid_errors(x0[:0], terms).shape == (0,)
 
 
+def test_bfloat16_output_layers_round_only_and_only_on_large_chunks():
+    """``dtype=bfloat16`` changes the reward by rounding (well under 1 % of its scale) where the narrower
+    matmul pays (wide inputs, big chunks); small calls and narrow inputs stay float32 exactly."""
+    torch.manual_seed(0)
+    expert = ScoreModel(40, ScoreConfig(), np.zeros(40), np.ones(40))
+    learner = expert.fresh_copy()
+    x = torch.randn(256, 40)
+    full, narrow = (reward(expert, learner, x, generator=torch.Generator().manual_seed(3), dtype=dtype)
+                    for dtype in (torch.float32, torch.bfloat16))
+    assert not torch.equal(full, narrow)  # the bfloat16 path ran
+    assert float((narrow - full).abs().max()) < 1e-2 * float(full.abs().max())
+    assert np.corrcoef(full.numpy(), narrow.numpy())[0, 1] > 0.999
+    narrow_inputs = ScoreModel(17, ScoreConfig(), np.zeros(17), np.ones(17))
+    for e, l, rows in ((expert, learner, x[:1]), (narrow_inputs, narrow_inputs.fresh_copy(), torch.randn(256, 17))):
+        assert torch.equal(*(reward(e, l, rows, generator=torch.Generator().manual_seed(3), dtype=dtype)
+                             for dtype in (torch.float32, torch.bfloat16)))
+
+
+def test_bfloat16_fitting_matches_float32():
+    """Mixed-precision fitting (autocast) reaches the float32 fit's validation loss."""
+    x, val = gaussian(8_000, 2, 1.0, 0.5, seed=0), torch.as_tensor(gaussian(8_000, 2, 1.0, 0.5, seed=1))
+    losses = {}
+    for dtype in (torch.float32, torch.bfloat16):
+        torch.manual_seed(0)
+        model = ScoreModel(2, SMALL)
+        before = evaluate_loss(model, val)
+        fit(model, x, FitSettings(steps=300, dtype=dtype), seed=0)
+        losses[dtype] = evaluate_loss(model, val)
+        assert losses[dtype] < 0.5 * before
+    assert abs(losses[torch.bfloat16] - losses[torch.float32]) < 0.03 * losses[torch.float32], losses
+
+
 def test_reward_rejects_mismatched_inputs():
     model = ScoreModel(3, ScoreConfig())
     with pytest.raises(DataError):
