@@ -55,6 +55,7 @@ TARGET_RATIO = 1.3
 
 from smiling_pipeline.config import RuntimeConfig  # noqa: E402
 from smiling_pipeline.runtime import resolve_precision  # noqa: E402
+from smiling_pipeline.score import NARROW_MIN_DIM  # noqa: E402
 
 # the pipeline's default (runtime.precision: auto): bfloat16 score-model matmuls on CPUs with native bf16
 PRECISION = resolve_precision(RuntimeConfig().precision, torch.device("cpu"))
@@ -282,7 +283,9 @@ def run(quick: bool = False, log: Callable[[str], None] = print, late: bool = Tr
         expert, val = experts[env_id]
         runs = []
         for rep in range(st.repeats):
-            pair = [Learner(algo, env_id, net, rep, steps, expert, val, prefill=prefill) for algo in st.algos]
+            # below NARROW_MIN_DIM the default precision computes exactly what float32 does
+            algos = st.algos if expert.dim >= NARROW_MIN_DIM else ("sac", "smiling")
+            pair = [Learner(algo, env_id, net, rep, steps, expert, val, prefill=prefill) for algo in algos]
             lockstep(pair, steps, st.chunk)
             for ln in pair:
                 r = ln.close()

@@ -21,8 +21,9 @@ from smiling_pipeline.config import ScoreConfig, as_dict
 from smiling_pipeline.errors import DataError, UserError
 
 
-# Where a bfloat16 output layer pays (measured here, 2026-11-25): from d = 32 (below, converting the
-# activations costs what the narrower matmul saves) and from ~4M multiply-adds per chunk (below, the
+# Where bfloat16 pays (benchmarks/, 2026-11-25): from input dimension 32 (below, fitting under autocast
+# is slower, 3.8 vs 3.5 ms per step at d = 17, and converting the reward's activations costs what the
+# narrower output layer saves) and, in the reward, from ~4M multiply-adds per chunk (below, the
 # narrower matmul's fixed cost of ~15 us dominates).
 NARROW_MIN_DIM = 32
 NARROW_MIN_MACS = 1 << 22
@@ -211,7 +212,7 @@ class FitSettings:
     lr: float = 5e-3
     weight_decay: float = 0.01
     eval_every: int = 100
-    dtype: torch.dtype = torch.float32  # bfloat16: forward passes under autocast (mixed precision)
+    dtype: torch.dtype = torch.float32  # bfloat16: forward passes under autocast, for d >= NARROW_MIN_DIM
 
 
 def _check_rows(x: np.ndarray, what: str) -> None:
@@ -254,13 +255,14 @@ def fit(
     val_t = torch.as_tensor(val, dtype=torch.float32, device=device) if val is not None and len(val) else None
     opt = optimizer or torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
     g = torch.Generator(device=device).manual_seed(seed)
+    narrow = settings.dtype != torch.float32 and model.dim >= NARROW_MIN_DIM
     history = FitHistory()
     model.train()
     running = 0.0
     bar = tqdm(range(1, settings.steps + 1), desc="score model", unit="step", disable=not progress, leave=False)
     for step in bar:
         idx = torch.randint(0, len(data), (min(settings.batch_size, len(data)),), device=device, generator=g)
-        with torch.autocast(device.type, dtype=settings.dtype, enabled=settings.dtype != torch.float32):
+        with torch.autocast(device.type, dtype=settings.dtype, enabled=narrow):
             loss = model.loss(data[idx], generator=g)
         opt.zero_grad(set_to_none=True)
         loss.backward()
