@@ -54,16 +54,16 @@ def throughput(d: int, rounds: int, chunk: int, log: Callable[[str], None]) -> l
     """Fit steps per second of each (threads, dtype) setting, measured in rotating rounds."""
     pcfg = PretrainConfig()
     x = np.random.default_rng(d).standard_normal((20_000, d)).astype(np.float32)
-    settings = tuple(s for s in SETTINGS if s[1] == torch.float32 or d >= NARROW_MIN_DIM)
-    models, opts, times = {}, {}, {s: [] for s in settings}
-    for n, dtype in settings:
+    measured = tuple(s for s in SETTINGS if s[1] == torch.float32 or d >= NARROW_MIN_DIM)
+    models, opts, times = {}, {}, {s: [] for s in measured}
+    for n, dtype in measured:
         torch.manual_seed(0)
         models[n, dtype] = ScoreModel(d, ScoreConfig(), x.mean(0), x.std(0))
         torch.set_num_threads(n)
         opts[n, dtype], _ = fit(models[n, dtype], x, FitSettings(steps=3, batch_size=pcfg.batch_size, lr=pcfg.lr, dtype=dtype),
                                 seed=0)  # warm-up
     for r in range(rounds):
-        for n, dtype in settings[r % len(settings):] + settings[: r % len(settings)]:
+        for n, dtype in measured[r % len(measured):] + measured[: r % len(measured)]:
             torch.set_num_threads(n)
             settings = FitSettings(steps=chunk, batch_size=pcfg.batch_size, lr=pcfg.lr, eval_every=chunk, dtype=dtype)
             t0 = time.perf_counter()
@@ -71,7 +71,7 @@ def throughput(d: int, rounds: int, chunk: int, log: Callable[[str], None]) -> l
             times[n, dtype].append((time.perf_counter() - t0) / chunk)
     torch.set_num_threads(1)
     rows = []
-    for n, dtype in settings:
+    for n, dtype in measured:
         step = statistics.median(times[n, dtype])
         row = {"d": d, "threads": n, "dtype": _name(dtype), "batch": pcfg.batch_size, "ms_per_step": step * 1e3,
                "samples_per_s": pcfg.batch_size / step, "pretrain_seconds": pcfg.steps * step,
