@@ -12,6 +12,9 @@ Both learners are built the way ``smiling-cli train`` builds them, in one proces
   statistics the callback computes. The refit is part of the algorithm, so it is inside the timing.
   The expert score model is a default ``ScoreConfig`` model fitted briefly on a few thousand states
   of seeded random rollouts: the reward's compute does not depend on the weights' values.
+  Score-model matmuls in the pipeline's default precision (``runtime.precision: auto``); where that
+  is bfloat16 and the env's d >= ``score.NARROW_MIN_DIM``, a third learner, SMILING in float32,
+  runs in the same lockstep (reported as the float32 ratio).
 - **SAC**: ``stable_baselines3.SAC`` with the same ``net_arch``, buffer size, lr, batch, learning_starts,
   train_freq, gradient_steps and ent_coef, on the environment's reward (plain ``ReplayBuffer``).
 
