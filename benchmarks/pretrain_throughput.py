@@ -37,6 +37,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from smiling_pipeline.config import PretrainConfig, ScoreConfig  # noqa: E402
+from smiling_pipeline.runtime import dtype_name  # noqa: E402
 from smiling_pipeline.score import NARROW_MIN_DIM, FitSettings, ScoreModel, evaluate_loss, fit  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -44,10 +45,6 @@ from cost_estimator import collect_states  # noqa: E402  (seeded uniform-random 
 
 DIMS = {17: "HalfCheetah-v5", 348: "Humanoid-v5"}
 SETTINGS = ((1, torch.float32), (2, torch.float32), (1, torch.bfloat16))  # (torch threads, fit dtype)
-
-
-def _name(dtype: torch.dtype) -> str:
-    return str(dtype).removeprefix("torch.")
 
 
 def throughput(d: int, rounds: int, chunk: int, log: Callable[[str], None]) -> list[dict]:
@@ -73,7 +70,7 @@ def throughput(d: int, rounds: int, chunk: int, log: Callable[[str], None]) -> l
     rows = []
     for n, dtype in measured:
         step = statistics.median(times[n, dtype])
-        row = {"d": d, "threads": n, "dtype": _name(dtype), "batch": pcfg.batch_size, "ms_per_step": step * 1e3,
+        row = {"d": d, "threads": n, "dtype": dtype_name(dtype), "batch": pcfg.batch_size, "ms_per_step": step * 1e3,
                "samples_per_s": pcfg.batch_size / step, "pretrain_seconds": pcfg.steps * step,
                "rounds": rounds, "steps_per_round": chunk}
         rows.append(row)
@@ -94,7 +91,7 @@ def fit_quality(d: int, steps: int, log: Callable[[str], None]) -> dict:
             model = ScoreModel(d, ScoreConfig(), train.mean(0), train.std(0))
             fit(model, train, FitSettings(steps=steps, batch_size=pcfg.batch_size, lr=pcfg.lr, eval_every=steps, dtype=dtype),
                 seed=seed)
-            losses.setdefault(_name(dtype), []).append(evaluate_loss(model, val))
+            losses.setdefault(dtype_name(dtype), []).append(evaluate_loss(model, val))
     f32, b16 = losses["float32"], losses["bfloat16"]
     row = {"d": d, "env": DIMS[d], "steps": steps, "val_loss": losses,
            "bf16_minus_fp32": [b - f for b, f in zip(b16, f32)], "fp32_seed_difference": f32[1] - f32[0]}

@@ -57,7 +57,7 @@ sys.path.insert(0, str(ROOT))
 TARGET_RATIO = 1.3
 
 from smiling_pipeline.config import RuntimeConfig  # noqa: E402
-from smiling_pipeline.runtime import resolve_precision  # noqa: E402
+from smiling_pipeline.runtime import dtype_name, resolve_precision  # noqa: E402
 from smiling_pipeline.score import NARROW_MIN_DIM  # noqa: E402
 
 # the pipeline's default (runtime.precision: auto): bfloat16 score-model matmuls on CPUs with native bf16
@@ -303,7 +303,7 @@ def run(quick: bool = False, log: Callable[[str], None] = print, late: bool = Tr
             f"{row['smiling_steps_per_s']:.1f} steps/s, ratio {row['ratio']:.2f} ({'meets' if row['meets_target'] else 'misses'} "
             f"<= {TARGET_RATIO})" + (f"; float32 ratio {row['ratio_float32']:.2f}" if row["ratio_float32"] else ""))
     return {"settings": dataclasses.asdict(st), "target_ratio": TARGET_RATIO, "threads": torch.get_num_threads(),
-            "precision": str(PRECISION).removeprefix("torch."), "rows": rows}
+            "precision": dtype_name(PRECISION), "rows": rows}
 
 
 def main(argv: Optional[list[str]] = None) -> int:

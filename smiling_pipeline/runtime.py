@@ -51,9 +51,9 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
     return getattr(torch, precision)
 
 
-def precision_setting(precision: str, device: torch.device) -> dict[str, str]:
-    """The resolved precision as run settings (MLflow params; a resumed run must match)."""
-    return {"precision": str(resolve_precision(precision, device)).removeprefix("torch.")}
+def dtype_name(dtype: torch.dtype) -> str:
+    """``float32`` / ``bfloat16``: how a resolved precision is recorded (MLflow params, benchmark results)."""
+    return str(dtype).removeprefix("torch.")
 
 
 def set_threads(threads: int) -> None:

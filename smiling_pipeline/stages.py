@@ -14,7 +14,7 @@ from smiling_pipeline.errors import UserError
 from smiling_pipeline.ingest import ExpertData, ingest, load_expert_data
 from smiling_pipeline.io import check_writable, write_json
 from smiling_pipeline.report import plot_curves
-from smiling_pipeline.runtime import precision_setting, resolve_device, resolve_precision, seed_everything
+from smiling_pipeline.runtime import dtype_name, resolve_device, resolve_precision, seed_everything
 from smiling_pipeline.score import FitSettings, ScoreModel, fit, load_model, save_model
 
 Say = Callable[[str], None]
@@ -63,17 +63,17 @@ def pretrain(p: Params, say: Say) -> dict[str, Any]:
     tracking.check_store(tracking.tracking_uri())
     data = ensure_ingested(p, say)
     device = resolve_device(p.runtime.device)
+    dtype = resolve_precision(p.runtime.precision, device)
     seed_everything(cfg.seed)
     model = ScoreModel(data.dim, p.score, data.mean, data.std).to(device)
     out = workdir(p) / "pretrain"
     dataset_id = data.meta["dataset_id"]
     settings = {"score": as_dict(p.score), "pretrain": as_dict(cfg), "ingest": as_dict(p.ingest),
-                "runtime": precision_setting(p.runtime.precision, device)}
+                "runtime": {"precision": dtype_name(dtype)}}
     with tracking.run("pretrain", dataset_id, settings, _dvc_tags({"seed": cfg.seed, "algorithm": "smiling"})) as run:
         _, history = fit(
             model, data.train,
-            FitSettings(cfg.steps, cfg.batch_size, cfg.lr, cfg.weight_decay, cfg.eval_every,
-                        resolve_precision(p.runtime.precision, device)),
+            FitSettings(cfg.steps, cfg.batch_size, cfg.lr, cfg.weight_decay, cfg.eval_every, dtype),
             seed=cfg.seed, val=data.val, progress=True,
             on_eval=lambda step, tl, vl: tracking.log_metrics({"train_loss": tl, "val_loss": vl}, step),
         )

@@ -30,7 +30,7 @@ from smiling_pipeline.report import plot_curves
 from smiling_pipeline.baselines import DacReward, behaviour_cloning
 from smiling_pipeline.ingest import ExpertData
 from smiling_pipeline.rl import IterationStats, RewardModel, RewardRefit, SmilingReplayBuffer, SmilingReward
-from smiling_pipeline.runtime import precision_setting, resolve_device, resolve_precision, seed_everything
+from smiling_pipeline.runtime import dtype_name, resolve_device, resolve_precision, seed_everything
 from smiling_pipeline.score import save_model
 from smiling_pipeline.stages import Say, _dvc_tags, ensure_ingested, load_expert_model, workdir
 
@@ -187,23 +187,24 @@ def make_env(data: ExpertData) -> tuple[str, gym.Env]:
     return env_id, env
 
 
-def make_reward(p: Params, data: ExpertData, env: gym.Env, say: Say, device: torch.device) -> RewardModel:
+def make_reward(p: Params, data: ExpertData, env: gym.Env, say: Say, device: torch.device,
+                dtype: torch.dtype) -> RewardModel:
     """SMILING's score-matching reward (pretraining the expert model if needed) or DAC's discriminator."""
     space = env.action_space if data.meta["with_actions"] else None
     if p.train.algorithm == "dac":
         return DacReward(data.train, data.mean, data.std, p.cost, p.baselines, space, p.train.seed, device,
                          p.score.min_std)
     _, expert = load_expert_model(p, say)
-    return SmilingReward(expert, p.cost, space, p.train.seed, resolve_precision(p.runtime.precision, device))
+    return SmilingReward(expert, p.cost, space, p.train.seed, dtype)
 
 
-def _settings(p: Params, device: torch.device) -> dict[str, Any]:
+def _settings(p: Params, dtype: torch.dtype) -> dict[str, Any]:
     """What the run's results depend on: logged to MLflow, and a resumed run must match it."""
     sections = {"smiling": ("score", "cost", "train", "ingest"), "dac": ("cost", "train", "baselines", "ingest"),
                 "bc": ("train", "baselines", "ingest")}[p.train.algorithm]
     settings = {k: as_dict(getattr(p, k)) for k in sections}
     if p.train.algorithm == "smiling":
-        settings["runtime"] = precision_setting(p.runtime.precision, device)
+        settings["runtime"] = {"precision": dtype_name(dtype)}
     return settings
 
 
@@ -250,7 +251,8 @@ def train(p: Params, say: Say, resume: bool = False) -> dict[str, Any]:
         raise UserError("BC needs expert actions: ingest with --with-actions (or ingest.with_actions: true)")
     out, records = workdir(p) / "train", workdir(p) / "train_metrics"
     device = resolve_device(p.runtime.device)
-    settings = _settings(p, device)
+    dtype = resolve_precision(p.runtime.precision, device)
+    settings = _settings(p, dtype)
     state = checkpoint.load_state(out / "checkpoint") if resume else None
     if state is not None and state["settings"] != settings:
         changed = sorted(f"{section}.{key}" for section in settings for key in settings[section]
@@ -261,7 +263,7 @@ def train(p: Params, say: Say, resume: bool = False) -> dict[str, Any]:
     data = ensure_ingested(p, say)
     env_id, env = make_env(data)
     seed_everything(cfg.seed)
-    reward_model = make_reward(p, data, env, say, device) if cfg.algorithm != "bc" else None
+    reward_model = make_reward(p, data, env, say, device, dtype) if cfg.algorithm != "bc" else None
     refs = references(data.meta, env_id)
     say(f"normalized return uses {refs.source}: random {refs.random:.1f} -> 0, expert {refs.expert:.1f} -> 1")
     if reward_model is None:
