@@ -128,6 +128,19 @@ def datasets(
         )
 
 
+def _net(text: Optional[str]) -> Optional[tuple[int, ...]]:
+    """``"256,256"`` -> (256, 256); None when the option was not given."""
+    if text is None:
+        return None
+    try:
+        sizes = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        sizes = ()
+    if not sizes or min(sizes) < 1:
+        raise UserError(f"--expert-net must be positive layer sizes separated by commas, e.g. 256,256; got {text!r}")
+    return sizes
+
+
 def _fmt(x: Any) -> str:
     return "-" if x is None else f"{float(x):.1f}"
 
@@ -138,6 +151,8 @@ def demos(
     env: Annotated[Optional[str], typer.Option("--env", help="Gymnasium env id [params: demos.env_id].")] = None,
     dataset_id: Annotated[Optional[str], typer.Option("--dataset-id", help="Id of the new dataset, e.g. smiling/hopper/expert-v0.")] = None,
     expert_steps: Annotated[Optional[int], typer.Option("--expert-steps", min=1, help="True-reward training steps of the expert [params: demos.expert_steps].")] = None,
+    expert_net: Annotated[Optional[str], typer.Option("--expert-net", help="Expert hidden layers, e.g. 256,256 [params: demos.expert_net].")] = None,
+    eval_every: Annotated[Optional[int], typer.Option("--eval-every", min=1, help="Evaluate the expert every N steps; the best is recorded [params: demos.eval_every].")] = None,
     episodes: Annotated[Optional[int], typer.Option("--episodes", min=1, help="Expert episodes to record.")] = None,
     random_episodes: Annotated[Optional[int], typer.Option("--random-episodes", min=1, help="Random-policy episodes for ref_min_score.")] = None,
     algorithm: Annotated[Optional[str], typer.Option("--algorithm", help="Expert algorithm: sac | ppo [params: demos.algorithm].")] = None,
@@ -158,7 +173,8 @@ def demos(
     p = setup(params, workdir, minari_root, device, threads)
     if algorithm not in (None, "sac", "ppo"):
         raise UserError(f"--algorithm must be sac or ppo, got {algorithm!r}")
-    cfg = C.override(p.demos, env_id=env, dataset_id=dataset_id, algorithm=algorithm, expert_steps=expert_steps, episodes=episodes,
+    cfg = C.override(p.demos, env_id=env, dataset_id=dataset_id, algorithm=algorithm, expert_steps=expert_steps,
+                     expert_net=_net(expert_net), eval_every=eval_every, episodes=episodes,
                       random_episodes=random_episodes, policy_path=policy, seed=seed)
     out = workdir_for(p) / "demos"
     result = make_demos(cfg, store(), out, resolve_device(p.runtime.device), force=force)

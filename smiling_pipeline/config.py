@@ -39,6 +39,8 @@ class DemosConfig:
     algorithm: Literal["sac", "ppo"] = "ppo"  # PPO is the quicker expert for the pendulums
     expert_steps: int = 40_000
     expert_net: tuple[int, ...] = (64, 64)
+    eval_every: int = 10_000  # evaluate the expert on the true reward every this many steps; the best is recorded
+    eval_episodes: int = 5
     episodes: int = 10
     random_episodes: int = 100
     policy_path: Optional[str] = None  # an SB3 .zip (of `algorithm`) to record instead of training one

@@ -26,6 +26,7 @@ import numpy as np
 
 from smiling_pipeline.config import DemosConfig
 from smiling_pipeline.errors import DatasetNotFound, UserError
+from smiling_pipeline.io import write_json
 
 # namespace/.../name with an optional -vN; Minari's own rule, but the version may be omitted.
 _ID_RE = re.compile(r"^[A-Za-z0-9_][-\w]*(/[A-Za-z0-9_][-\w]*)*$")
@@ -214,13 +215,32 @@ def _algorithm(name: str) -> Any:
 
 
 def train_expert(cfg: DemosConfig, out: Path, device: str) -> Any:
-    """SB3 SAC (or PPO) on the environment's true reward, with a progress bar; saved to ``out``."""
+    """SB3 SAC (or PPO) on the environment's true reward, with a progress bar; saved to ``out``.
+
+    Off-policy returns swing between evaluations (a Hopper expert can fall back by half), so the
+    policy is evaluated every ``cfg.eval_every`` steps and the best evaluation is the one kept
+    (SB3's ``EvalCallback``), as RL Zoo does.
+    """
+    from stable_baselines3.common.callbacks import EvalCallback
+
+    algorithm = _algorithm(cfg.algorithm)
     env = gym.make(cfg.env_id)
-    model = _algorithm(cfg.algorithm)("MlpPolicy", env, policy_kwargs={"net_arch": list(cfg.expert_net)},
-                                      seed=cfg.seed, device=device, verbose=0)
-    model.learn(cfg.expert_steps, progress_bar=True)
+    model = algorithm("MlpPolicy", env, policy_kwargs={"net_arch": list(cfg.expert_net)}, seed=cfg.seed,
+                      device=device, verbose=0)
     out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out.parent) as best:
+        callback = EvalCallback(gym.make(cfg.env_id), n_eval_episodes=cfg.eval_episodes, eval_freq=cfg.eval_every,
+                                best_model_save_path=best, log_path=best, deterministic=True, verbose=0)
+        model.learn(cfg.expert_steps, progress_bar=True, callback=callback)
+        if Path(best, "best_model.zip").is_file():
+            model = algorithm.load(Path(best, "best_model.zip"), device=device)
     model.save(out)
+    means = [float(np.mean(r)) for r in callback.evaluations_results]
+    if means:
+        i = int(np.argmax(means))
+        write_json(out.parent / "expert_evaluations.json", {
+            "steps": [int(t) for t in callback.evaluations_timesteps], "mean_return": means,
+            "best_step": int(callback.evaluations_timesteps[i]), "best_mean_return": means[i]})
     return model
 
 
@@ -312,7 +332,7 @@ def make_demos(cfg: DemosConfig, root: Path, workdir: Path, device: str, force: 
             dataset = collector.create_dataset(
                 dataset_id=cfg.dataset_id,
                 eval_env=cfg.env_id,
-                algorithm_name=f"SB3-{cfg.algorithm.upper()} ({'loaded ' + cfg.policy_path if cfg.policy_path else f'{cfg.expert_steps} true-reward steps'})",
+                algorithm_name=f"SB3-{cfg.algorithm.upper()} ({'loaded ' + cfg.policy_path if cfg.policy_path else f'{cfg.expert_steps} true-reward steps, net {list(cfg.expert_net)}, best of evaluations every {cfg.eval_every}'})",
                 author="smiling_pipeline",
                 ref_min_score=float(random_returns.mean()),
                 ref_max_score=float(expert_returns.mean()),
