@@ -1,8 +1,10 @@
 """Baselines on the same machinery: DAC (a GAIL-style discriminator with gradient penalty, refit each
-iteration, used through the same relabelling replay buffer) and behaviour cloning."""
+iteration, used through the same relabelling replay buffer) as the official SMILING repository
+defines it (``algorithm/dac.py``, ``config/alg/dac.yaml``), and behaviour cloning."""
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Callable, Optional
 
 import gymnasium as gym
@@ -17,36 +19,53 @@ from smiling_pipeline.rl import RewardModel
 
 
 def discriminator(dim: int, hidden: int) -> nn.Module:
-    """D(x): logit that x comes from the expert (two hidden layers, as the official DAC baseline)."""
-    return nn.Sequential(nn.Linear(dim, hidden), nn.Tanh(), nn.Linear(hidden, hidden), nn.Tanh(), nn.Linear(hidden, 1))
+    """D(x): logit that x comes from the expert; one hidden layer with LeakyReLU, as the official DAC
+    baseline (``hidden_depth: 1``)."""
+    return nn.Sequential(nn.Linear(dim, hidden), nn.LeakyReLU(), nn.Linear(hidden, 1))
 
 
-def gradient_penalty(d: nn.Module, expert: torch.Tensor, learner: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """E (||grad_x D(x)|| - 1)^2 at random interpolates of expert and learner rows (WGAN-GP / DAC)."""
-    alpha = torch.rand(len(expert), 1, generator=generator, device=expert.device)
-    x = (alpha * expert + (1 - alpha) * learner).requires_grad_(True)
+def gradient_penalty(d: nn.Module, expert: torch.Tensor, learner: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
+    """E (||grad_x D(x)||_2 - 1)^2 at x = alpha * learner + (1 - alpha) * expert (WGAN-GP / DAC)."""
+    x = (alpha * learner + (1 - alpha) * expert).requires_grad_(True)
     (grad,) = torch.autograd.grad(d(x).sum(), x, create_graph=True)
     return ((grad.norm(dim=1) - 1.0) ** 2).mean()
 
 
-class DacReward(RewardModel):
-    """DAC: reward ``-log(1 - sigmoid(D(x))) = softplus(D(x))``, D trained to tell expert from learner rows.
+def dac_loss(d: nn.Module, expert: torch.Tensor, learner: torch.Tensor, alpha: torch.Tensor,
+             penalty: float) -> torch.Tensor:
+    """The official loss: the mean of the two binary cross-entropies (expert = 1, learner = 0) plus
+    ``penalty`` times the gradient penalty."""
+    pe, pl = d(expert), d(learner)
+    bce = (F.binary_cross_entropy_with_logits(pl, torch.zeros_like(pl))
+           + F.binary_cross_entropy_with_logits(pe, torch.ones_like(pe))) / 2
+    return bce + penalty * gradient_penalty(d, expert, learner, alpha)
 
-    Inputs are standardised with the expert statistics, as the score models' are.
-    """
+
+def gail_reward(logits: torch.Tensor) -> torch.Tensor:
+    """GAIL-style reward -log(1 - sigmoid(D(x)) + 1e-8): positive, capped near 18.4 by the 1e-8."""
+    return -torch.log(1.0 - torch.sigmoid(logits) + 1e-8)
+
+
+class DacReward(RewardModel):
+    """DAC as the official SMILING repository runs it: a discriminator refit each iteration (AdamW,
+    one pass over learner/expert pairs), GAIL-style reward, and by default no reward normalisation
+    and raw (unstandardised) inputs (``baselines.dac_reward_norm`` / ``dac_standardize``)."""
 
     def __init__(self, expert_rows: np.ndarray, mean: np.ndarray, std: np.ndarray, cfg: CostConfig,
                  baselines: BaselinesConfig, action_space: Optional[gym.spaces.Box], seed: int = 0,
                  device: torch.device = torch.device("cpu"), min_std: float = 0.1):
-        super().__init__(cfg, action_space, seed)
+        super().__init__(dataclasses.replace(cfg, reward_norm=baselines.dac_reward_norm), action_space, seed)
         if baselines.dac_fit_steps < 1:
             raise UserError(f"baselines.dac_fit_steps must be at least 1, got {baselines.dac_fit_steps}")
         torch.manual_seed(seed)
-        self.mean = torch.as_tensor(mean, dtype=torch.float32, device=device)
-        self.std = torch.as_tensor(np.maximum(std, min_std), dtype=torch.float32, device=device)
+        dim = expert_rows.shape[1]
+        self.mean = torch.as_tensor(mean if baselines.dac_standardize else np.zeros(dim), dtype=torch.float32,
+                                    device=device)
+        self.std = torch.as_tensor(np.maximum(std, min_std) if baselines.dac_standardize else np.ones(dim),
+                                   dtype=torch.float32, device=device)
         self.expert = self.normalize(torch.as_tensor(expert_rows, dtype=torch.float32, device=device))
-        self.d = discriminator(expert_rows.shape[1], baselines.dac_hidden).to(device)
-        self.optimizer = torch.optim.Adam(self.d.parameters(), lr=baselines.dac_lr)
+        self.d = discriminator(dim, baselines.dac_hidden).to(device)
+        self.optimizer = torch.optim.AdamW(self.d.parameters(), lr=baselines.dac_lr)
         self.penalty = baselines.dac_gradient_penalty
         self.fit_steps = baselines.dac_fit_steps
         self.generator = torch.Generator(device=device).manual_seed(seed)
@@ -56,23 +75,18 @@ class DacReward(RewardModel):
 
     @torch.no_grad()
     def _rewards(self, rows: torch.Tensor, fixed: Optional[torch.Tensor]) -> torch.Tensor:
-        return F.softplus(self.d(self.normalize(rows))).squeeze(1)
-
-    def loss(self, expert: torch.Tensor, learner: torch.Tensor) -> torch.Tensor:
-        """Binary cross-entropy (expert = 1, learner = 0) plus the gradient penalty."""
-        pe, pl = self.d(expert), self.d(learner)
-        bce = F.binary_cross_entropy_with_logits(pe, torch.ones_like(pe)) + \
-            F.binary_cross_entropy_with_logits(pl, torch.zeros_like(pl))
-        return bce + self.penalty * gradient_penalty(self.d, expert, learner, self.generator)
+        return gail_reward(self.d(self.normalize(rows))).squeeze(1)
 
     def refit(self, learner_rows: np.ndarray, cfg: TrainConfig, iteration: int) -> float:
-        learner = self.normalize(torch.as_tensor(learner_rows, dtype=torch.float32, device=self.mean.device))
-        n = min(cfg.learner_batch_size, len(learner), len(self.expert))
+        device = self.mean.device
+        learner = self.normalize(torch.as_tensor(learner_rows, dtype=torch.float32, device=device))
+        n = cfg.learner_batch_size
         loss = torch.zeros(())
         for _ in range(self.fit_steps):
-            e = self.expert[torch.randint(0, len(self.expert), (n,), generator=self.generator, device=self.mean.device)]
-            lr = learner[torch.randint(0, len(learner), (n,), generator=self.generator, device=self.mean.device)]
-            loss = self.loss(e, lr)
+            e = self.expert[torch.randint(0, len(self.expert), (n,), generator=self.generator, device=device)]
+            lr = learner[torch.randint(0, len(learner), (n,), generator=self.generator, device=device)]
+            alpha = torch.rand(n, 1, generator=self.generator, device=device)
+            loss = dac_loss(self.d, e, lr, alpha, self.penalty)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()

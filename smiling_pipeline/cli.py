@@ -312,7 +312,10 @@ def report(
     compare: Annotated[bool, typer.Option(
         "--compare", help="Compare all finished train runs in the MLflow store over seeds and algorithms.")] = False,
     exp_prefix: Annotated[Optional[str], typer.Option(
-        "--exp-prefix", help="With --compare: only DVC experiments whose name starts with this, e.g. cmp-.")] = None,
+        "--exp-prefix", help="With --compare: only DVC experiments or sweep cells whose name starts with this, e.g. cmp-.")] = None,
+    cells: Annotated[Optional[Path], typer.Option(
+        "--cells", help="With --compare: also read the records of finished sweep cells in this folder (sweep --backend local).")] = None,
+    no_mlflow: Annotated[bool, typer.Option("--no-mlflow", help="With --compare and --cells: read only the cells.")] = False,
     params: ParamsOpt = None,
     workdir: WorkdirOpt = None,
     minari_root: RootOpt = None,
@@ -322,10 +325,14 @@ def report(
         from smiling_pipeline.compare import write_comparison
         from smiling_pipeline.tracking import tracking_uri
 
-        typer.echo(f"comparison written: {write_comparison(tracking_uri(), out or Path('reports/compare'), dataset, exp_prefix)}")
+        if cells is not None and not cells.is_dir():
+            raise UserError(f"--cells {cells} is not a folder")
+        uri = None if no_mlflow else tracking_uri()
+        written = write_comparison(uri, out or Path("reports/compare"), dataset, exp_prefix, cells)
+        typer.echo(f"comparison written: {written}")
         return
-    if exp_prefix:
-        raise UserError("--exp-prefix only applies with --compare")
+    if exp_prefix or cells or no_mlflow:
+        raise UserError("--exp-prefix, --cells and --no-mlflow only apply with --compare")
     from smiling_pipeline.report import write_report
 
     p = with_section(setup(params, workdir, minari_root), "ingest", dataset=dataset)
@@ -339,12 +346,24 @@ def sweep(
     jobs: Annotated[int, typer.Option("--jobs", "-j", min=1, help="DVC queue workers to start.")] = 2,
     start: Annotated[bool, typer.Option("--start/--no-start", help="Start the DVC queue after queueing.")] = True,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="List the experiments without queueing them.")] = False,
+    backend: Annotated[str, typer.Option("--backend", help="dvc: queued DVC experiments | local: train processes here, "
+                                         "finished cells skipped on a rerun.")] = "dvc",
+    runs: Annotated[Path, typer.Option("--runs", help="With --backend local: the cells' working folders.")] = Path("data/sweeps"),
+    results: Annotated[Optional[Path], typer.Option(
+        "--results", help="With --backend local: where each finished cell's records go [default: reports/<sweep name>/cells].")] = None,
     params: ParamsOpt = None,
 ) -> None:
-    """Queue seeds x algorithms x variants x datasets as DVC experiments (then: dvc queue status, report --compare)."""
-    from smiling_pipeline.sweep import queue
+    """Run seeds x algorithms x variants x datasets: queued DVC experiments, or (--backend local) train processes."""
+    from smiling_pipeline.sweep import load_sweep, queue, run_local
 
-    cells = queue(sweep_file, params or Path("params.yaml"), jobs, start, dry_run)
+    if backend not in ("dvc", "local"):
+        raise UserError(f"--backend must be dvc or local, got {backend!r}")
+    if backend == "local":
+        out = results or Path("reports") / load_sweep(sweep_file).name / "cells"
+        done = run_local(sweep_file, params, jobs, runs, out, dry_run, echo=say)
+        typer.echo(f"{'would run' if dry_run else 'ran'} {len(done)} cells; records in {out}")
+        return
+    cells = queue(sweep_file, params, jobs, start, dry_run)
     for cell in cells:
         typer.echo(f"{cell.name}: " + " ".join(f"{k}={v}" for k, v in cell.overrides.items()))
     verb = "would queue" if dry_run else "queued"

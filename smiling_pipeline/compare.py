@@ -7,15 +7,14 @@ table of final normalized returns (mean, standard error, IQM) and a data-efficie
 
 from __future__ import annotations
 
-import math
 import re
+import warnings
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
-from scipy import stats  # trim_mean: the IQM
 
 from smiling_pipeline.errors import UserError
 from smiling_pipeline.io import atomic_dir
@@ -23,6 +22,9 @@ from smiling_pipeline.report import plt
 
 VARIANTS = ("state-only", "state-action")
 COLORS = {"smiling": "tab:blue", "dac": "tab:orange", "bc": "tab:green"}
+
+
+FINAL_EVALS = 3  # "final" = the mean of the last evaluations: one evaluation swings with a single episode
 
 
 @dataclass(frozen=True)
@@ -33,6 +35,7 @@ class RunCurve:
     variant: str
     algorithm: str
     rl: str
+    config: str  # non-default ablation settings (``train.config_tag``), "default" if none
     expert_states: int
     seed: int
     steps: tuple[int, ...]
@@ -40,16 +43,24 @@ class RunCurve:
 
     @property
     def label(self) -> str:
-        return self.algorithm.upper() + ("" if self.rl in ("sac", "") or self.algorithm == "bc" else f" ({self.rl})")
+        rl = "" if self.rl in ("sac", "") or self.algorithm == "bc" else f" ({self.rl})"
+        return self.algorithm.upper() + rl + ("" if self.config == "default" else f" [{self.config}]")
 
     @property
     def final(self) -> float:
-        return self.returns[-1]
+        return float(np.mean(self.returns[-FINAL_EVALS:]))
+
+    @property
+    def auc(self) -> float:
+        """Area under the learning curve divided by its length: the mean normalized return over training."""
+        if len(self.steps) < 2:
+            return self.returns[0]
+        return float(np.trapezoid(self.returns, self.steps) / (self.steps[-1] - self.steps[0]))
 
 
 @dataclass(frozen=True)
 class Summary:
-    """Final normalized return of one group over its seeds."""
+    """Final normalized return of one group over its seeds, with 95% bootstrap intervals."""
 
     dataset: str
     variant: str
@@ -57,67 +68,111 @@ class Summary:
     expert_states: int
     seeds: int
     mean: float
-    se: float
+    mean_ci: tuple[float, float]
     iqm: float
+    iqm_ci: tuple[float, float]
+    auc: float
+    auc_ci: tuple[float, float]
+
+
+def _curve(tags: dict[str, str], steps: tuple[int, ...], returns: tuple[float, ...]) -> RunCurve:
+    return RunCurve(tags["dataset"], tags.get("variant", "state-only"), tags["algorithm"], tags.get("rl", "sac"),
+                    tags.get("config", "linear=True" if tags.get("linear") == "True" else "default"),
+                    int(tags["expert_states"]), int(tags["seed"]), steps, returns)
+
+
+def _key(c: RunCurve) -> tuple[str, str, str, str, str, int, int]:
+    return (c.dataset, c.variant, c.algorithm, c.rl, c.config, c.expert_states, c.seed)
 
 
 def load_runs(tracking_uri: str, dataset: Optional[str] = None, exp_prefix: Optional[str] = None) -> list[RunCurve]:
-    """Finished train runs (latest per dataset/variant/algorithm/expert states/seed) with their curves."""
+    """Finished train runs (latest per dataset/variant/algorithm/config/expert states/seed) with their curves."""
     import mlflow
 
     client = mlflow.MlflowClient(tracking_uri=tracking_uri)
     experiments = [e for e in client.search_experiments() if dataset is None or e.name == dataset]
     if not experiments:
-        raise UserError(f"no MLflow experiment {'for ' + dataset if dataset else 'at all'} in {tracking_uri}; "
-                        "run `smiling-cli train` (or a sweep) first")
+        return []
     runs = client.search_runs([e.experiment_id for e in experiments],
                               "tags.stage = 'train' and attributes.status = 'FINISHED'",
                               order_by=["attributes.start_time DESC"], max_results=50_000)
-    latest: dict[tuple[str, str, str, str, int, int], RunCurve] = {}
+    latest: dict[tuple[str, str, str, str, str, int, int], RunCurve] = {}
     for r in runs:
         tags = r.data.tags
-        if exp_prefix and not tags.get("dvc_exp", "").startswith(exp_prefix):
+        name = tags.get("dvc_exp") or tags.get("sweep_cell", "")
+        if exp_prefix and not name.startswith(exp_prefix):
             continue
         history = sorted((m.step, m.value) for m in client.get_metric_history(r.info.run_id, "normalized_return"))
         if not history or "expert_states" not in tags:
             continue
-        curve = RunCurve(tags["dataset"], tags.get("variant", "state-only"), tags["algorithm"], tags.get("rl", "sac"),
-                         int(tags["expert_states"]), int(tags["seed"]),
-                         tuple(s for s, _ in history), tuple(v for _, v in history))
-        latest.setdefault((curve.dataset, curve.variant, curve.algorithm, curve.rl, curve.expert_states, curve.seed),
-                          curve)
-    if not latest:
-        raise UserError(f"no finished train runs{' named ' + exp_prefix + '*' if exp_prefix else ''} in "
-                        f"{tracking_uri}; run `smiling-cli train` (or a sweep) first")
-    return sorted(latest.values(), key=lambda c: (c.dataset, c.variant, c.algorithm, c.expert_states, c.seed))
+        curve = _curve(tags, tuple(s for s, _ in history), tuple(v for _, v in history))
+        latest.setdefault(_key(curve), curve)
+    return list(latest.values())
 
 
-def mean_ci(values: np.ndarray, resamples: int = 2_000) -> tuple[float, float, float]:
-    """Mean and the 95% percentile-bootstrap interval over seeds (as rliable reports; stays within the data)."""
-    mean = float(values.mean())
-    if len(values) < 2:
-        return mean, mean, mean
-    rng = np.random.default_rng(0)  # fixed: the same runs give the same report
-    boot = values[rng.integers(0, len(values), (resamples, len(values)))].mean(axis=1)
-    lo, hi = np.percentile(boot, [2.5, 97.5])
-    return mean, float(lo), float(hi)
+def load_cells(folder: Path, dataset: Optional[str] = None, exp_prefix: Optional[str] = None) -> list[RunCurve]:
+    """Runs from the records of finished sweep cells (``sweep --backend local``), as committed to git."""
+    import csv
+    import json
+
+    out = []
+    for cell in sorted(folder.glob("*/cell.json")):
+        if exp_prefix and not cell.parent.name.startswith(exp_prefix):
+            continue
+        info = json.loads((cell.parent / "run.json").read_text())
+        tags = {**info["tags"], "dataset": info["dataset_id"]}
+        with open(cell.parent / "learning_curve.csv") as f:
+            rows = list(csv.DictReader(f))
+        curve = _curve(tags, tuple(int(r["env_steps"]) for r in rows), tuple(float(r["normalized_return"]) for r in rows))
+        if dataset is None or curve.dataset == dataset:
+            out.append(curve)
+    return out
+
+
+def merge_runs(*sources: list[RunCurve]) -> list[RunCurve]:
+    """One run per key (the first source wins), sorted."""
+    merged: dict[tuple[str, str, str, str, str, int, int], RunCurve] = {}
+    for runs in sources:
+        for c in runs:
+            merged.setdefault(_key(c), c)
+    return sorted(merged.values(), key=lambda c: (c.dataset, c.variant, c.algorithm, c.config, c.expert_states, c.seed))
+
+
+def interval_estimates(scores: np.ndarray, aggregate: Callable[[np.ndarray], np.ndarray]
+                       ) -> tuple[np.ndarray, np.ndarray]:
+    """``aggregate`` of a (runs, columns) score matrix and its 95% percentile-bootstrap interval over runs
+    (rliable's stratified bootstrap: runs resampled within each column); fixed seed, same report."""
+    from rliable import library as rly
+
+    if len(scores) < 2:
+        point = aggregate(scores)
+        return point, np.stack([point, point])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # arch's random_state deprecation
+        point, ci = rly.get_interval_estimates({"x": scores}, aggregate, reps=2_000,
+                                               random_state=np.random.RandomState(0))
+    return point["x"], ci["x"]
 
 
 def summarise(group: list[RunCurve]) -> Summary:
-    """Mean, standard error and interquartile mean (25% trimmed, as rliable) of the final returns."""
-    finals = np.array([c.final for c in group])
-    se = float(finals.std(ddof=1) / math.sqrt(len(finals))) if len(finals) > 1 else 0.0
+    """Mean, IQM (rliable's 25% trimmed mean) and mean AUC over seeds, each with its 95% interval."""
+    from rliable import metrics
+
+    scores = np.array([[c.final, c.auc] for c in group])
+    point, ci = interval_estimates(scores, lambda s: np.array([
+        metrics.aggregate_mean(s[:, :1]), metrics.aggregate_iqm(s[:, :1]), metrics.aggregate_mean(s[:, 1:])]))
     first = group[0]
-    return Summary(first.dataset, first.variant, first.label, first.expert_states, len(finals), float(finals.mean()),
-                   se, float(stats.trim_mean(finals, 0.25)))
+    return Summary(first.dataset, first.variant, first.label, first.expert_states, len(group), float(point[0]),
+                   (float(ci[0, 0]), float(ci[1, 0])), float(point[1]), (float(ci[0, 1]), float(ci[1, 1])),
+                   float(point[2]), (float(ci[0, 2]), float(ci[1, 2])))
 
 
 def mean_curve(group: list[RunCurve]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Steps every seed evaluated at, with the mean and the 95% interval over seeds there."""
     common = sorted(set.intersection(*(set(c.steps) for c in group)))
-    rows = [[dict(zip(c.steps, c.returns))[s] for c in group] for s in common]
-    stats_at = np.array([mean_ci(np.array(r)) for r in rows]).reshape(-1, 3)
-    return np.array(common), stats_at[:, 0], stats_at[:, 1], stats_at[:, 2]
+    scores = np.array([[dict(zip(c.steps, c.returns))[s] for s in common] for c in group])
+    point, ci = interval_estimates(scores, lambda s: s.mean(axis=0))
+    return np.array(common), point, ci[0], ci[1]
 
 
 def _groups(runs: list[RunCurve]) -> dict[tuple[str, str, str, int], list[RunCurve]]:
@@ -147,12 +202,12 @@ def plot_learning_curves(path: Path, dataset: str, groups: dict[tuple[str, str, 
         for (d, v, label, n), group in sorted(groups.items()):
             if d != dataset or v != variant or n != states:
                 continue
-            color = COLORS.get(group[0].algorithm)
+            color = COLORS.get(group[0].algorithm) if group[0].config == "default" else None
             name = f"{label} (n={len(group)})"
             if group[0].algorithm == "bc":
-                m, lo, hi = mean_ci(np.array([c.final for c in group]))
-                ax.axhline(m, color=color, ls="--", label=name)
-                ax.axhspan(lo, hi, color=color, alpha=0.15)
+                summary = summarise(group)
+                ax.axhline(summary.mean, color=color, ls="--", label=name)
+                ax.axhspan(*summary.mean_ci, color=color, alpha=0.15)
                 continue
             x, m, lo, hi = mean_curve(group)
             ax.plot(x, m, color=color, label=name)
@@ -187,7 +242,9 @@ def plot_data_efficiency(path: Path, dataset: str, summaries: list[Summary]) -> 
             continue
         points.sort(key=lambda s: s.expert_states)
         counts.update(s.expert_states for s in points)
-        ax.errorbar([s.expert_states for s in points], [s.mean for s in points], yerr=[s.se for s in points],
+        means = np.array([s.mean for s in points])
+        ax.errorbar([s.expert_states for s in points], means,
+                    yerr=[means - [s.mean_ci[0] for s in points], [s.mean_ci[1] for s in points] - means],
                     marker="o", capsize=3, ls="-" if variant == "state-only" else "--",
                     color=COLORS.get(label.split()[0].lower()), label=f"{label}, {variant}")
     ax.set_xscale("log")
@@ -195,7 +252,7 @@ def plot_data_efficiency(path: Path, dataset: str, summaries: list[Summary]) -> 
     ax.xaxis.set_minor_locator(NullLocator())
     ax.set_xticklabels([str(n) for n in sorted(counts)])
     ax.axhline(1.0, color="grey", lw=1, ls=":")
-    ax.set(title=f"{dataset}: final return vs expert states (mean ± SE)", xlabel="expert states",
+    ax.set(title=f"{dataset}: final return vs expert states (mean, 95% CI)", xlabel="expert states",
            ylabel="final normalized return")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
@@ -204,26 +261,39 @@ def plot_data_efficiency(path: Path, dataset: str, summaries: list[Summary]) -> 
     plt.close(fig)
 
 
-def write_comparison(tracking_uri: str, out: Path, dataset: Optional[str] = None,
-                     exp_prefix: Optional[str] = None) -> Path:
-    """Plots and ``comparison.md`` in ``out`` (replaced as a whole, so a failure leaves the old report)."""
-    runs = load_runs(tracking_uri, dataset, exp_prefix)
+def _ci(point: float, ci: tuple[float, float]) -> str:
+    return f"{point:.3f} [{ci[0]:.2f}, {ci[1]:.2f}]"
+
+
+def write_comparison(tracking_uri: Optional[str], out: Path, dataset: Optional[str] = None,
+                     exp_prefix: Optional[str] = None, cells: Optional[Path] = None) -> Path:
+    """Plots and ``comparison.md`` in ``out`` (replaced as a whole, so a failure leaves the old report), from
+    the MLflow store's finished runs and (``cells``) committed sweep-cell records; MLflow wins on overlap."""
+    if tracking_uri is None and cells is None:
+        raise UserError("nothing to compare: give an MLflow store or a folder of sweep cells")
+    runs = merge_runs(load_runs(tracking_uri, dataset, exp_prefix) if tracking_uri else [],
+                      load_cells(cells, dataset, exp_prefix) if cells else [])
+    if not runs:
+        where = " and ".join(([tracking_uri] if tracking_uri else []) + ([str(cells)] if cells else []))
+        which = "".join([f" of {dataset}" if dataset else "", f" named {exp_prefix}*" if exp_prefix else ""])
+        raise UserError(f"no finished train runs{which} in {where}; run `smiling-cli train` or a sweep first")
     groups = _groups(runs)
     summaries = [summarise(g) for _, g in sorted(groups.items())]
     lines = ["# SMILING vs baselines", "",
-             "Final normalized return = the last evaluation during training (random policy 0, expert 1); "
-             "mean, standard error (SE) and interquartile mean (IQM, 25% trimmed) over seeds. "
-             "Bands in the plots are 95% percentile-bootstrap intervals over seeds. With fewer than 4 seeds "
-             "the IQM trims nothing and equals the mean.", ""]
+             f"Final = the mean of each run's last {FINAL_EVALS} evaluations during training (normalized return: "
+             "random policy 0, expert 1); AUC = the mean normalized return over the whole curve. Mean and "
+             "interquartile mean (IQM, 25% trimmed) over seeds with 95% stratified-bootstrap intervals "
+             "(rliable); with fewer than 4 seeds the IQM trims nothing and equals the mean. Bands in the "
+             "plots are 95% bootstrap intervals over seeds.", ""]
     with atomic_dir(out) as tmp:
         for d in sorted({c.dataset for c in runs}):
             slug, here = _slug(d), [c for c in runs if c.dataset == d]
             states = _default_states(here)
             plot_learning_curves(tmp / f"{slug}_curves.png", d, groups, states)
-            lines += [f"## {d}", "", "| variant | algorithm | expert states | seeds | mean | SE | IQM |",
-                      "|---|---|---:|---:|---:|---:|---:|"]
-            lines += [f"| {s.variant} | {s.label} | {s.expert_states} | {s.seeds} | {s.mean:.3f} | {s.se:.3f} | "
-                      f"{s.iqm:.3f} |" for s in summaries if s.dataset == d]
+            lines += [f"## {d}", "", "| variant | algorithm | expert states | seeds | final mean [95% CI] | "
+                      "final IQM [95% CI] | AUC [95% CI] |", "|---|---|---:|---:|---:|---:|---:|"]
+            lines += [f"| {s.variant} | {s.label} | {s.expert_states} | {s.seeds} | {_ci(s.mean, s.mean_ci)} | "
+                      f"{_ci(s.iqm, s.iqm_ci)} | {_ci(s.auc, s.auc_ci)} |" for s in summaries if s.dataset == d]
             lines += ["", f"![learning curves]({slug}_curves.png)", ""]
             by_group = defaultdict(set)
             for c in here:

@@ -96,6 +96,9 @@ class CostConfig:
 
     timesteps: int = 32  # K: stratified timesteps shared by a batch (reports/cost_estimator.md)
     antithetic: bool = True
+    # run: one draw set for the whole run (each row's expert half computed once); refit: new draws at
+    # every refit (both halves recomputed), so a row's estimation error varies over training
+    draws: Literal["run", "refit"] = "run"
     reward_norm: Literal["batch", "none"] = "batch"
     reward_std: float = 0.1
 
@@ -116,6 +119,11 @@ class TrainConfig:
     # SAC temperature: learnable from 0.1 as in the paper; SB3's default start of 1.0 swamps rewards
     # normalised to std 0.1 for thousands of steps.
     ent_coef: str = "auto_0.1"
+    # What a fall (early termination in Hopper, Walker2d, ...) means to the learner. env: the episode
+    # ends (value 0 after it); absorbing: it leads to an absorbing state with the batch's lowest reward
+    # forever; ignore: train on the environment without early termination (evaluation unchanged).
+    termination: Literal["env", "absorbing", "ignore"] = "env"
+    reward_offset: float = 0.0  # added to every relabelled reward after normalisation (> 0: survival bonus)
     learner_window: Optional[int] = 200_000  # learner states kept for the refit (None: all)
     # AdamW steps per refit: 100 x 1,024 rows ~ the official one pass over 100k rows sampled with replacement
     learner_fit_steps: int = 100
@@ -131,10 +139,15 @@ class TrainConfig:
 class BaselinesConfig:
     """DAC (GAIL-style discriminator with gradient penalty) and behaviour cloning."""
 
-    dac_hidden: int = 256
-    dac_lr: float = 3e-4
+    # Defaults are the official baseline's (ziqian2000/SMILING config/alg/dac.yaml).
+    dac_hidden: int = 256  # one hidden layer, LeakyReLU
+    dac_lr: float = 5e-3  # AdamW
     dac_gradient_penalty: float = 10.0
-    dac_fit_steps: int = 200  # discriminator steps per refit (batch train.learner_batch_size)
+    # discriminator steps per refit at batch train.learner_batch_size: the official one epoch over
+    # 100k (learner, expert) pairs at batch 1,024 is 98 steps
+    dac_fit_steps: int = 98
+    dac_reward_norm: Literal["none", "batch"] = "none"  # official: normalize_reward false
+    dac_standardize: bool = False  # official: raw inputs; true: standardise with the expert statistics
     bc_steps: int = 5_000  # gradient steps on expert (state, action) pairs
     bc_batch_size: int = 256
     bc_lr: float = 1e-3

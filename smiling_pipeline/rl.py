@@ -49,6 +49,7 @@ class RewardModel(ABC):
         self.cfg = cfg
         self.action_space = action_space  # set for the state-action variant
         self.version = 0  # bumped whenever the reward changes
+        self.fixed_version = 0  # bumped whenever :meth:`fixed_part` changes (SMILING with new draws)
         self.evaluations = 0  # rows whose reward was computed (for the overhead benchmark)
         self.seed = seed
 
@@ -59,8 +60,8 @@ class RewardModel(ABC):
         return self._rewards(rows, fixed)
 
     def fixed_part(self, rows: torch.Tensor) -> Optional[torch.Tensor]:
-        """The part of each row's reward that stays the same for the whole run (cached per row by
-        the buffer, passed back to :meth:`rewards`); None if there is none."""
+        """The part of each row's reward that stays the same while :attr:`fixed_version` does (cached
+        per row by the buffer, passed back to :meth:`rewards`); None if there is none."""
         return None
 
     @abstractmethod
@@ -80,9 +81,11 @@ class RewardModel(ABC):
 class SmilingReward(RewardModel):
     """The SMILING reward: fixed expert score model, learner score model refit Follow-the-Leader style.
 
-    The estimator's K (timestep, noise) draws are made once per run from ``seed``: every reward of
-    the run shares them (common random numbers across all rows, not only within one relabelled
-    chunk), and a row's expert half (:meth:`fixed_part`) is then computed once. Each model's
+    The estimator's K (timestep, noise) draws are shared by every row (common random numbers across
+    all rows, not only within one relabelled chunk). With ``cost.draws: run`` they are made once per
+    run from ``seed`` and a row's expert half (:meth:`fixed_part`) is computed once in its life; with
+    ``refit`` they are made anew at every refit, so a row's estimation error changes between
+    iterations (as with the official per-batch noise) and both halves are recomputed. Each model's
     per-draw terms are computed once per reward version (most calls relabel a handful of rows).
     """
 
@@ -93,9 +96,13 @@ class SmilingReward(RewardModel):
         self.dtype = dtype  # of the rewards' output-layer matmuls and the refit's forward passes
         self.learner = expert.fresh_copy()  # same normalisation as the expert
         self.optimizer: Optional[torch.optim.Optimizer] = None
-        generator = torch.Generator(device=expert.mean.device).manual_seed(seed)
-        self.draws = draw(expert.t_max, expert.dim, cfg.timesteps, cfg.antithetic, generator, expert.mean.device)
+        self.draws = self._draw(seed)
         self._terms: dict[str, tuple[int, GridTerms]] = {}  # "expert" / "learner" -> (version, its grid terms)
+
+    def _draw(self, seed: int) -> Draws:
+        generator = torch.Generator(device=self.expert.mean.device).manual_seed(seed)
+        return draw(self.expert.t_max, self.expert.dim, self.cfg.timesteps, self.cfg.antithetic, generator,
+                    self.expert.mean.device)
 
     def _errors(self, name: str, rows: torch.Tensor) -> torch.Tensor:
         """``model_errors`` of the expert or learner model, its per-draw terms computed once per version."""
@@ -118,13 +125,16 @@ class SmilingReward(RewardModel):
                                eval_every=cfg.learner_fit_steps, dtype=self.dtype)
         self.optimizer, history = fit(self.learner, learner_rows, settings, seed=cfg.seed + iteration,
                                       optimizer=self.optimizer)
+        if self.cfg.draws == "refit":
+            self.draws = self._draw(self.seed + 1_000_003 * (iteration + 1))
+            self.fixed_version += 1
         self.version += 1
         return history.train[-1][1]
 
     def state_dict(self) -> dict[str, Any]:
         return {"learner": self.learner.state_dict(), "draws": {"t": self.draws.t, "eps": self.draws.eps},
                 "optimizer": self.optimizer.state_dict() if self.optimizer else None,
-                "version": self.version, "evaluations": self.evaluations}
+                "version": self.version, "fixed_version": self.fixed_version, "evaluations": self.evaluations}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if "draws" not in state:
@@ -137,6 +147,7 @@ class SmilingReward(RewardModel):
             self.optimizer = torch.optim.AdamW(self.learner.parameters())
             self.optimizer.load_state_dict(state["optimizer"])
         self.version, self.evaluations = state["version"], state["evaluations"]
+        self.fixed_version = state.get("fixed_version", 0)
 
 
 class SmilingReplayBuffer(ReplayBuffer):
@@ -144,9 +155,16 @@ class SmilingReplayBuffer(ReplayBuffer):
     :class:`RewardModel` (SMILING or a baseline), never from the environment.
 
     Set :attr:`reward_model` before training; single-environment only (rows are cached by index).
+    :attr:`reward_offset` is added to every normalised reward; with :attr:`absorbing_gamma` set, a
+    transition that ended the episode leads to an absorbing state whose reward is the batch's lowest,
+    forever (its value ``gamma / (1 - gamma) * min r`` is added to the transition's reward), instead
+    of to nothing (value 0): with rewards of mean zero, ending an episode would otherwise beat
+    continuing through below-average states.
     """
 
     reward_model: Optional[RewardModel] = None
+    reward_offset: float = 0.0
+    absorbing_gamma: Optional[float] = None
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -155,7 +173,7 @@ class SmilingReplayBuffer(ReplayBuffer):
         self._cache = np.zeros(self.buffer_size, dtype=np.float32)
         self._cache_version = np.full(self.buffer_size, -1, dtype=np.int64)
         self._fixed = np.zeros(self.buffer_size, dtype=np.float32)  # RewardModel.fixed_part of each row
-        self._has_fixed = np.zeros(self.buffer_size, dtype=bool)
+        self._fixed_version = np.full(self.buffer_size, -1, dtype=np.int64)  # RewardModel.fixed_version of it
 
     def __getstate__(self) -> dict[str, Any]:
         """Pickle (``save_replay_buffer``) without the score models: they are saved on their own."""
@@ -165,7 +183,7 @@ class SmilingReplayBuffer(ReplayBuffer):
 
     def add(self, *args: Any, **kwargs: Any) -> None:
         self._cache_version[self.pos] = -1  # the slot is about to hold a new transition
-        self._has_fixed[self.pos] = False
+        self._fixed_version[self.pos] = -1
         super().add(*args, **kwargs)
 
     def _model(self) -> RewardModel:
@@ -176,22 +194,26 @@ class SmilingReplayBuffer(ReplayBuffer):
     def _get_samples(self, batch_inds: np.ndarray, env: Any = None) -> ReplayBufferSamples:
         samples = super()._get_samples(batch_inds, env)
         r = torch.as_tensor(self.rewards_at(batch_inds), device=samples.rewards.device)
-        return samples._replace(rewards=normalize_rewards(r, self._model().cfg).reshape(-1, 1))
+        r = normalize_rewards(r, self._model().cfg).reshape(-1, 1) + self.reward_offset
+        if self.absorbing_gamma is not None:
+            r = r + samples.dones * (self.absorbing_gamma / (1.0 - self.absorbing_gamma)) * r.min()
+        return samples._replace(rewards=r)
 
     def rewards_at(self, idx: np.ndarray) -> np.ndarray:
         """Current unnormalised rewards of the rows at ``idx``: only stale rows are evaluated, and
-        each row's fixed part only once in its life."""
+        each row's fixed part once per :attr:`RewardModel.fixed_version`."""
         model = self._model()
         stale = np.unique(idx[self._cache_version[idx] != model.version])
         if len(stale):
             rows = self._rows(stale)
-            missing = ~self._has_fixed[stale]
+            missing = self._fixed_version[stale] != model.fixed_version
             if missing.any():
                 part = model.fixed_part(rows[torch.as_tensor(missing, device=rows.device)])
                 if part is not None:
                     self._fixed[stale[missing]] = part.cpu().numpy()
-                    self._has_fixed[stale[missing]] = True
-            fixed = torch.as_tensor(self._fixed[stale], device=rows.device) if self._has_fixed[stale].all() else None
+                    self._fixed_version[stale[missing]] = model.fixed_version
+            known = (self._fixed_version[stale] == model.fixed_version).all()
+            fixed = torch.as_tensor(self._fixed[stale], device=rows.device) if known else None
             self._cache[stale] = model.rewards(rows, fixed).cpu().numpy()
             self._cache_version[stale] = model.version
         return self._cache[idx]
@@ -223,6 +245,16 @@ class IterationStats:
     refit_loss: float  # learner score model (SMILING) or discriminator (DAC)
     reward_mean_expert: float  # SMILING: the DS divergence estimate
     reward_mean_learner: float
+    # Pearson correlation of the imitation reward with the environment's reward on the newest learner
+    # transitions: how well the learned reward tracks the task (a diagnostic; training never sees it)
+    reward_true_corr: float
+
+
+def correlation(a: np.ndarray, b: np.ndarray) -> float:
+    """Pearson correlation; NaN when either side is constant."""
+    if len(a) < 2 or np.std(a) == 0 or np.std(b) == 0:
+        return float("nan")
+    return float(np.corrcoef(a, b)[0, 1])
 
 
 class RewardRefit(BaseCallback):
@@ -235,7 +267,7 @@ class RewardRefit(BaseCallback):
         self.reward_model = reward_model
         self.cfg = cfg
         self.expert_val = torch.as_tensor(expert_val[:2048], dtype=torch.float32)
-        self._expert_val_fixed: Optional[torch.Tensor] = None  # their fixed reward part, computed once
+        self._expert_val_fixed: tuple[int, Optional[torch.Tensor]] = (-1, None)  # (fixed_version, their fixed part)
         self.on_iteration = on_iteration
         self.iteration = 0
 
@@ -254,15 +286,17 @@ class RewardRefit(BaseCallback):
         rows = buffer.learner_rows(self.cfg.learner_window)
         loss = self.reward_model.refit(rows, self.cfg, self.iteration)
         self.iteration += 1
-        if self._expert_val_fixed is None:
-            self._expert_val_fixed = self.reward_model.fixed_part(self.expert_val)
+        if self._expert_val_fixed[0] != self.reward_model.fixed_version:
+            self._expert_val_fixed = (self.reward_model.fixed_version, self.reward_model.fixed_part(self.expert_val))
+        newest = buffer.newest(2048)
+        learner = buffer.rewards_at(newest)  # through the buffer's cache: then known for the new version
         stats = IterationStats(
             iteration=self.iteration,
             env_steps=self.num_timesteps,
             refit_loss=loss,
-            reward_mean_expert=float(self.reward_model.rewards(self.expert_val, self._expert_val_fixed).mean()),
-            # through the buffer's cache: these rows' rewards are then known for the new version
-            reward_mean_learner=float(buffer.rewards_at(buffer.newest(2048)).mean()),
+            reward_mean_expert=float(self.reward_model.rewards(self.expert_val, self._expert_val_fixed[1]).mean()),
+            reward_mean_learner=float(learner.mean()),
+            reward_true_corr=correlation(learner, buffer.rewards[newest, 0]),
         )
         if self.on_iteration:
             self.on_iteration(stats)

@@ -52,6 +52,8 @@ def _dvc_tags(extra: dict[str, Any]) -> dict[str, str]:
     tags = {k: str(v) for k, v in extra.items()}
     if os.environ.get("DVC_EXP_NAME"):
         tags["dvc_exp"] = os.environ["DVC_EXP_NAME"]
+    if os.environ.get("SMILING_SWEEP_CELL"):  # set by `smiling-cli sweep --backend local`
+        tags["sweep_cell"] = os.environ["SMILING_SWEEP_CELL"]
     return tags
 
 

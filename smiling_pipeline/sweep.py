@@ -8,10 +8,13 @@ MLflow store, which ``smiling-cli report --compare --exp-prefix NAME-`` then rea
 from __future__ import annotations
 
 import itertools
+import os
 import shutil
 import subprocess
+import sys
 import tempfile
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Optional
 
@@ -20,6 +23,7 @@ import yaml
 
 from smiling_pipeline.config import as_dict, load_params, params_from_dict
 from smiling_pipeline.errors import UserError
+from smiling_pipeline.io import atomic_dir, check_writable, write_json
 
 VARIANT_SHORT = {"state-only": "so", "state-action": "sa"}
 
@@ -33,6 +37,8 @@ class Grid:
     algorithms: tuple[Literal["smiling", "dac", "bc"], ...] = ("smiling", "dac", "bc")
     variants: tuple[Literal["state-only", "state-action"], ...] = ("state-only", "state-action")
     expert_states: tuple[Optional[int], ...] = (None,)  # None: ingest.num_states as configured
+    overrides: dict[str, Any] = field(default_factory=dict)  # {"section.key": value} for this grid's cells
+    label: Optional[str] = None  # names the overrides in the cell names (an ablation), e.g. draws-refit
 
 
 @dataclass(frozen=True)
@@ -74,11 +80,15 @@ def cells(sweep: SweepConfig, base: dict[str, Any]) -> list[Cell]:
                 grid.datasets, grid.algorithms, grid.variants, grid.expert_states, grid.seeds):
             if algorithm == "bc" and variant == "state-only":
                 continue  # BC needs expert actions
-            overrides = {**sweep.datasets[short], "train.algorithm": algorithm, "train.seed": seed,
+            overrides = {**sweep.datasets[short], **grid.overrides, "train.algorithm": algorithm, "train.seed": seed,
                          "pretrain.seed": seed, "ingest.with_actions": variant == "state-action"}
             if states is not None:
                 overrides["ingest.num_states"] = states
-            name = f"{sweep.name}-{short}-{algorithm}-{VARIANT_SHORT[variant]}{f'-n{states}' if states else ''}-s{seed}"
+            if grid.overrides and not grid.label:
+                raise UserError(f"sweep grid over {', '.join(grid.datasets)} has overrides but no label to name them")
+            label = f"-{grid.label}" if grid.label else ""
+            name = (f"{sweep.name}-{short}-{algorithm}-{VARIANT_SHORT[variant]}{label}"
+                    f"{f'-n{states}' if states else ''}-s{seed}")
             _check(overrides, base, f"sweep cell {name}")
             out[name] = Cell(name, overrides)
     if not out:
@@ -86,8 +96,8 @@ def cells(sweep: SweepConfig, base: dict[str, Any]) -> list[Cell]:
     return list(out.values())
 
 
-def _check(overrides: dict[str, Any], base: dict[str, Any], source: str) -> None:
-    """Apply the overrides to params.yaml's contents and validate, so a typo fails before queueing."""
+def _merge(overrides: dict[str, Any], base: dict[str, Any], source: str) -> dict[str, Any]:
+    """params.yaml's contents with the overrides applied, validated, so a typo fails before anything runs."""
     merged = {k: dict(v) for k, v in base.items()}
     for key, value in overrides.items():
         section, _, name = key.partition(".")
@@ -95,9 +105,14 @@ def _check(overrides: dict[str, Any], base: dict[str, Any], source: str) -> None
             raise UserError(f"{source}: override '{key}' is not section.key of a params.yaml section")
         merged[section][name] = value
     params_from_dict(merged, source)
+    return merged
 
 
-def queue(sweep_file: Path, params_file: Path, jobs: int, start: bool, dry_run: bool) -> list[Cell]:
+def _check(overrides: dict[str, Any], base: dict[str, Any], source: str) -> None:
+    _merge(overrides, base, source)
+
+
+def queue(sweep_file: Path, params_file: Optional[Path], jobs: int, start: bool, dry_run: bool) -> list[Cell]:
     """Queue every cell as a DVC experiment and (with ``start``) start ``jobs`` workers."""
     sweep = load_sweep(sweep_file)
     todo = cells(sweep, as_dict(load_params(params_file)))
@@ -124,3 +139,89 @@ def _dvc(args: list[str]) -> None:
         lines = log.read().strip().splitlines()
     if code != 0:
         raise UserError(f"`{' '.join(args[1:4])} ...` failed: {lines[-1] if lines else f'exit code {code}'}")
+
+
+# --- the local backend: cells as processes on this machine ----------------------------------------
+
+RECORDS = ("learning_curve.csv", "iterations.csv", "metrics.json", "run.json")
+
+
+def _plain(value: Any) -> Any:
+    """Nested settings as YAML-safe lists and dicts."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return [_plain(v) for v in value] if isinstance(value, (list, tuple)) else value
+
+
+def _cell_params(cell: Cell, base: dict[str, Any], runs: Path) -> Path:
+    """Write the cell's params.yaml in its own folder (absolute paths, so the cell runs from anywhere)."""
+    merged = _merge(cell.overrides, base, f"sweep cell {cell.name}")
+    folder = runs / cell.name
+    merged["runtime"]["workdir"] = str(folder)
+    root = merged["runtime"].get("minari_root")
+    if root and not os.environ.get("MINARI_DATASETS_PATH"):
+        merged["runtime"]["minari_root"] = str(Path(root).resolve())
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "params.yaml").write_text(yaml.safe_dump(_plain(merged), sort_keys=False))
+    return folder / "params.yaml"
+
+
+def _collect(cell: Cell, folder: Path, results: Path, wall_time: float) -> None:
+    """Copy a finished cell's records to ``results/<cell>`` as a whole, with what made them."""
+    with atomic_dir(results / cell.name) as tmp:
+        for name in RECORDS:
+            shutil.copy2(folder / "train_metrics" / name, tmp / name)
+        write_json(tmp / "cell.json", {"name": cell.name, "overrides": cell.overrides, "wall_time_s": round(wall_time, 1),
+                                       "commit": _commit()})
+
+
+def _commit() -> str:
+    out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    return out.stdout.strip() or "unknown"
+
+
+def run_local(sweep_file: Path, params_file: Optional[Path], jobs: int, runs: Path, results: Path,
+              dry_run: bool = False, echo: Any = print) -> list[Cell]:
+    """Run the cells whose records are not yet in ``results`` as ``smiling-cli train`` processes, ``jobs``
+    at a time, each in ``runs/<cell>`` (resumed from its checkpoint when one is there); each finished
+    cell's records go to ``results/<cell>`` at once, so an interrupted sweep continues where it stopped."""
+    sweep = load_sweep(sweep_file)
+    base = _plain(as_dict(load_params(params_file)))
+    todo = [c for c in cells(sweep, base) if not (results / c.name / "metrics.json").is_file()]
+    if dry_run or not todo:
+        return todo
+    check_writable(runs)
+    check_writable(results)
+    pending, active, failed = list(todo), {}, []
+    try:
+        while pending or active:
+            while pending and len(active) < jobs:
+                cell = pending.pop(0)
+                params = _cell_params(cell, base, runs.resolve())
+                resume = ["--resume"] if (params.parent / "train" / "checkpoint" / "state.pt").is_file() else []
+                log = open(params.parent / "train.log", "a")
+                env = {**os.environ, "SMILING_SWEEP_CELL": cell.name}
+                proc = subprocess.Popen([sys.executable, "-m", "smiling_pipeline.cli", "train", "--params", str(params),
+                                         *resume], stdout=log,
+                                        stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
+                active[proc] = (cell, params.parent, time.monotonic(), log)
+                echo(f"started {cell.name}{' (resumed)' if resume else ''}: log {params.parent / 'train.log'}")
+            time.sleep(1.0)
+            for proc in [p for p in active if p.poll() is not None]:
+                cell, folder, started, log = active.pop(proc)
+                log.close()
+                if proc.returncode == 0:
+                    _collect(cell, folder, results, time.monotonic() - started)
+                    echo(f"finished {cell.name} in {(time.monotonic() - started) / 60:.1f} min")
+                else:
+                    failed.append(cell.name)
+                    echo(f"FAILED {cell.name} (exit {proc.returncode}): see {folder / 'train.log'}")
+    finally:
+        for proc in active:  # Ctrl-C: stop the running cells; their checkpoints let a rerun continue
+            proc.terminate()
+        for proc, (_, _, _, log) in active.items():
+            proc.wait()
+            log.close()
+    if failed:
+        raise UserError(f"{len(failed)} of {len(todo)} cells failed ({', '.join(failed)}); their logs are in {runs}")
+    return todo

@@ -11,6 +11,7 @@ expert's actions. Evaluation with the true reward every ``eval_every`` steps; mo
 from __future__ import annotations
 
 import csv
+import dataclasses
 from pathlib import Path
 from typing import Any, Optional
 
@@ -79,8 +80,8 @@ class Monitor(BaseCallback):
 
     def on_iteration(self, stats: IterationStats) -> None:
         self.iterations.append(stats)
-        self.pending.append(({"refit_loss": stats.refit_loss, "reward_mean_expert": stats.reward_mean_expert,
-                              "reward_mean_learner": stats.reward_mean_learner}, stats.env_steps))
+        self.pending.append(({k: v for k, v in vars(stats).items() if k not in ("iteration", "env_steps")},
+                             stats.env_steps))
 
     def evaluate(self) -> EvalResult:
         result = evaluate_policy(policy_fn(self.model.policy, self.env_id), self.env_id, self.refs,
@@ -174,12 +175,17 @@ def build_model(cfg: TrainConfig, env: gym.Env, device: torch.device, resume_fro
                 device=device, verbose=0)
 
 
-def make_env(data: ExpertData) -> tuple[str, gym.Env]:
-    """The dataset's environment, checked against the expert data's dimensions."""
+def make_env(data: ExpertData, termination: str = "env") -> tuple[str, gym.Env]:
+    """The dataset's environment to train in (without early termination for ``termination: ignore``),
+    checked against the expert data's dimensions."""
     env_id = data.meta["env_id"]
     if env_id is None:
         raise UserError(f"dataset {data.meta['dataset_id']} has no environment spec; cannot train a policy for it")
-    env = gym.make(env_id)
+    try:
+        env = gym.make(env_id, **({"terminate_when_unhealthy": False} if termination == "ignore" else {}))
+    except TypeError as e:
+        raise UserError(f"{env_id} has no terminate_when_unhealthy option, so train.termination: ignore does not "
+                        "apply to it; use env or absorbing") from e
     check_box_spaces(env, env_id)
     expected = env.observation_space.shape[0] + (env.action_space.shape[0] if data.meta["with_actions"] else 0)
     if expected != data.dim:
@@ -208,10 +214,25 @@ def _settings(p: Params, dtype: torch.dtype) -> dict[str, Any]:
     return settings
 
 
+# Settings a study varies one at a time; a run that changes any of them says so in its ``config`` tag.
+ABLATIONS = ("score.linear", "cost.draws", "train.termination", "train.reward_offset", "pretrain.steps",
+             "baselines.dac_reward_norm", "baselines.dac_standardize")
+
+
+def config_tag(p: Params) -> str:
+    """``name=value`` of every ablation setting that the algorithm uses and that differs from its default."""
+    used = _settings(p, torch.float32)
+    default = Params()
+    changed = [f"{key.split('.')[1]}={getattr(getattr(p, s), n)}" for key in ABLATIONS
+               for s, n in [key.split(".")] if s in used and getattr(getattr(p, s), n) != getattr(getattr(default, s), n)]
+    return ",".join(changed) or "default"
+
+
 def _tags(p: Params, data: ExpertData) -> dict[str, str]:
     return _dvc_tags({"seed": p.train.seed, "algorithm": p.train.algorithm, "rl": p.train.rl,
                       "variant": "state-action" if data.meta["with_actions"] else "state-only",
-                      "linear": p.score.linear, "expert_states": data.meta["train_rows"] + data.meta["val_rows"]})
+                      "linear": p.score.linear, "config": config_tag(p),
+                      "expert_states": data.meta["train_rows"] + data.meta["val_rows"]})
 
 
 def _finish(out: Path, records: Path, p: Params, data: ExpertData, env_id: str, run: Any, policy: Any,
@@ -221,6 +242,7 @@ def _finish(out: Path, records: Path, p: Params, data: ExpertData, env_id: str, 
     import mlflow
 
     info = {"dataset_id": data.meta["dataset_id"], "env_id": env_id, "algorithm": p.train.algorithm,
+            "tags": _tags(p, data),
             "mlflow_run_id": run.info.run_id, "policy_uri": tracking.log_torch_model(policy.policy.cpu(), "policy")}
     policy.save(out / "policy.zip")
     if isinstance(reward_model, SmilingReward):
@@ -230,8 +252,7 @@ def _finish(out: Path, records: Path, p: Params, data: ExpertData, env_id: str, 
         torch.save(reward_model.d.state_dict(), out / "reward_model.pt")
         info["reward_model_uri"] = tracking.log_torch_model(reward_model.d.cpu(), "discriminator")
     _write_csv(records / "learning_curve.csv", curve)
-    _write_csv(records / "iterations.csv", iterations, ["iteration", "env_steps", "refit_loss", "reward_mean_expert",
-                                                         "reward_mean_learner"])
+    _write_csv(records / "iterations.csv", iterations, [f.name for f in dataclasses.fields(IterationStats)])
     write_json(records / "metrics.json", metrics)
     write_json(records / "run.json", info)
     x = "gradient steps" if p.train.algorithm == "bc" else "env steps"
@@ -261,7 +282,7 @@ def train(p: Params, say: Say, resume: bool = False) -> dict[str, Any]:
                         "resume with the same settings or train without --resume")
     tracking.check_store(tracking.tracking_uri())
     data = ensure_ingested(p, say)
-    env_id, env = make_env(data)
+    env_id, env = make_env(data, cfg.termination)
     seed_everything(cfg.seed)
     reward_model = make_reward(p, data, env, say, device, dtype) if cfg.algorithm != "bc" else None
     refs = references(data.meta, env_id)
@@ -271,6 +292,8 @@ def train(p: Params, say: Say, resume: bool = False) -> dict[str, Any]:
 
     model = build_model(cfg, env, device, out / "checkpoint" if state else None)
     model.replay_buffer.reward_model = reward_model  # type: ignore[union-attr]
+    model.replay_buffer.reward_offset = cfg.reward_offset  # type: ignore[union-attr]
+    model.replay_buffer.absorbing_gamma = cfg.gamma if cfg.termination == "absorbing" else None  # type: ignore[union-attr]
     refit = RewardRefit(reward_model, cfg, data.val if len(data.val) else data.train)
     monitor = Monitor(cfg, env_id, refs, out, refit, settings)
     refit.on_iteration = monitor.on_iteration

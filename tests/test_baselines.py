@@ -11,8 +11,11 @@ import torch
 import yaml
 
 from conftest import DEMOS_DATASET, assert_user_error, run_cli
-from smiling_pipeline.baselines import DacReward, behaviour_cloning, discriminator, gradient_penalty, scale_actions
+from torch.nn import functional as F
+
+from smiling_pipeline.baselines import DacReward, behaviour_cloning, dac_loss, gradient_penalty, scale_actions
 from smiling_pipeline.config import BaselinesConfig, CostConfig, TrainConfig
+from smiling_pipeline.cost import normalize_rewards
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -38,13 +41,72 @@ def test_gradient_penalty_is_zero_for_unit_slope_and_positive_otherwise():
     d = torch.nn.Linear(3, 1)
     with torch.no_grad():
         d.weight.copy_(torch.tensor([[0.6, 0.8, 0.0]]))  # ||grad|| = 1 everywhere
-    g = torch.Generator().manual_seed(0)
-    a, b = torch.randn(64, 3), torch.randn(64, 3)
-    assert gradient_penalty(d, a, b, g).item() == pytest.approx(0.0, abs=1e-10)
+    a, b, alpha = torch.randn(64, 3), torch.randn(64, 3), torch.rand(64, 1)
+    assert gradient_penalty(d, a, b, alpha).item() == pytest.approx(0.0, abs=1e-10)
     with torch.no_grad():
         d.weight.mul_(3.0)  # ||grad|| = 3 -> penalty (3 - 1)^2 = 4
-    assert gradient_penalty(d, a, b, g).item() == pytest.approx(4.0, rel=1e-5)
-    assert isinstance(discriminator(5, 8)[-1], torch.nn.Linear)
+    assert gradient_penalty(d, a, b, alpha).item() == pytest.approx(4.0, rel=1e-5)
+
+
+class OfficialDac:
+    """Direct transcription of ziqian2000/SMILING algorithm/dac.py (config/alg/dac.yaml defaults):
+    the oracle the baseline is pinned to."""
+
+    def __init__(self, obs_dim: int):
+        self.model = torch.nn.Sequential(torch.nn.Linear(obs_dim, 256), torch.nn.LeakyReLU(), torch.nn.Linear(256, 1))
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=0.005)
+
+    def loss(self, policy_obs, expert_obs, alpha):
+        policy_output, expert_output = self.model(policy_obs), self.model(expert_obs)
+        zeros = torch.zeros(expert_output.shape[0], 1)
+        ones = torch.ones(policy_output.shape[0], 1)
+        loss_policy = F.binary_cross_entropy_with_logits(policy_output, zeros, reduction="mean")
+        loss_expert = F.binary_cross_entropy_with_logits(expert_output, ones, reduction="mean")
+        gan_loss = (loss_policy + loss_expert) / 2
+        interpolated = alpha * policy_obs + (1 - alpha) * expert_obs
+        interpolated.requires_grad = True
+        output = self.model(interpolated)
+        grad = torch.autograd.grad(outputs=output, inputs=interpolated, grad_outputs=torch.ones_like(output),
+                                   create_graph=True, retain_graph=True)[0]
+        grad_penalty = ((grad.norm(2, dim=1) - 1) ** 2).mean()
+        return gan_loss + 10 * grad_penalty
+
+    @torch.no_grad()
+    def reward_fn(self, obs):
+        return -torch.log(1.0 - torch.sigmoid(self.model(obs)) + 1e-8)  # reward_style gail, normalize_reward false
+
+
+def test_dac_matches_the_official_loss_reward_and_update_on_a_fixed_batch():
+    d = 11
+    expert = torch.as_tensor(gaussian(1024, d, 0.0, 0) * 3.0)  # raw, unstandardised rows, as the official sees them
+    learner = torch.as_tensor(gaussian(1024, d, 1.0, 1) * 3.0)
+    alpha = torch.rand(1024, 1, generator=torch.Generator().manual_seed(2))
+    torch.manual_seed(7)
+    official = OfficialDac(d)
+    ours = DacReward(expert.numpy(), np.zeros(d), np.ones(d), CostConfig(), BaselinesConfig(), None, seed=7)
+    assert [type(m) for m in ours.d] == [type(m) for m in official.model]
+    ours.d.load_state_dict(official.model.state_dict())
+    assert isinstance(ours.optimizer, torch.optim.AdamW) and ours.optimizer.defaults["lr"] == 0.005
+    assert ours.optimizer.defaults["weight_decay"] == official.optimizer.defaults["weight_decay"]
+    assert ours.penalty == 10.0 and ours.fit_steps == 98  # one epoch over 100k pairs at batch 1,024
+
+    mine, theirs = dac_loss(ours.d, expert, learner, alpha, ours.penalty), official.loss(learner, expert, alpha)
+    assert mine.item() == pytest.approx(theirs.item(), rel=1e-6)
+    for optimizer, loss in ((ours.optimizer, mine), (official.optimizer, theirs)):  # one step each, same batch
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    for a, b in zip(ours.d.parameters(), official.model.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+    rows = torch.cat([expert[:64], learner[:64]])
+    r = ours.rewards(rows)
+    torch.testing.assert_close(r, official.reward_fn(rows).squeeze(1), rtol=1e-6, atol=1e-6)
+    assert torch.equal(normalize_rewards(r, ours.cfg), r)  # what the relabelling buffer hands SAC: unnormalised
+    standardised = DacReward(expert.numpy(), np.full(d, 5.0), np.full(d, 2.0), CostConfig(),
+                             BaselinesConfig(dac_standardize=True, dac_reward_norm="batch"), None, seed=7)
+    assert torch.allclose(standardised.normalize(torch.full((1, d), 7.0)), torch.ones(1, d))
+    assert normalize_rewards(r, standardised.cfg).std(correction=0).item() == pytest.approx(0.1, rel=1e-4)
 
 
 def test_behaviour_cloning_recovers_a_linear_expert():

@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from conftest import assert_user_error, run_cli
-from smiling_pipeline.compare import load_runs, mean_ci, mean_curve, write_comparison
+from smiling_pipeline.compare import RunCurve, load_runs, mean_curve, summarise, write_comparison
 
 DATASET = "smiling/toy/expert-v0"
 
@@ -48,18 +48,20 @@ def table_row(markdown, variant, algorithm, states):
     for line in markdown.splitlines():
         cells = [c.strip() for c in line.strip("|").split("|")]
         if cells[:3] == [variant, algorithm, str(states)]:
-            return [float(c) for c in cells[3:]]
+            return [float(c.split()[0]) for c in cells[3:]]
     raise AssertionError(f"no row {variant} {algorithm} {states} in\n{markdown}")
 
 
 def test_comparison_table_plots_and_run_selection(store, tmp_path):
     out = write_comparison(store, tmp_path / "compare")
     text = out.read_text()
-    seeds, mean, se, iqm = table_row(text, "state-only", "SMILING", 5000)
-    # latest run per seed; the KILLED run and the superseded seed-0 run are not counted
-    assert (seeds, mean, se, iqm) == (4, 0.45, pytest.approx(0.222, abs=1e-3), 0.4)
-    assert table_row(text, "state-action", "BC", 5000) == [3, 0.8, pytest.approx(0.058, abs=1e-3), 0.8]
-    assert table_row(text, "state-only", "DAC", 200)[:2] == [3, 0.3]
+    seeds, mean, iqm, auc = table_row(text, "state-only", "SMILING", 5000)
+    # latest run per seed; the KILLED run and the superseded seed-0 run are not counted. Each run's final
+    # is the mean of its last three evaluations (here both): (0.1 + f) / 2 for f = 0, .2, .6, 1
+    assert (seeds, mean, iqm, auc) == (4, 0.275, 0.25, 0.275)
+    assert "0.275 [0.15, 0.45]" in text or "0.275 [0.10, 0.45]" in text  # bootstrap interval of the mean
+    assert table_row(text, "state-action", "BC", 5000)[:3] == [3, 0.65, 0.65]
+    assert table_row(text, "state-only", "DAC", 200)[:2] == [3, 0.15]
     folder = tmp_path / "compare"
     assert sorted(p.name for p in folder.iterdir()) == [
         "comparison.md", "smiling-toy-expert-v0_curves.png", "smiling-toy-expert-v0_data_efficiency.png"]
@@ -74,13 +76,17 @@ def test_exp_prefix_keeps_only_named_experiments(store):
 def test_curves_average_only_steps_every_seed_evaluated():
     from smiling_pipeline.compare import RunCurve
 
-    a = RunCurve("d", "state-only", "smiling", "sac", 10, 0, (1, 2, 3), (0.0, 0.5, 1.0))
-    b = RunCurve("d", "state-only", "smiling", "sac", 10, 1, (2, 3), (0.1, 0.4))
+    a = RunCurve("d", "state-only", "smiling", "sac", "default", 10, 0, (1, 2, 3), (0.0, 0.5, 1.0))
+    b = RunCurve("d", "state-only", "smiling", "sac", "default", 10, 1, (2, 3), (0.1, 0.4))
     steps, mean, lo, hi = mean_curve([a, b])
     assert steps.tolist() == [2, 3] and np.allclose(mean, [0.3, 0.7])
     # two seeds: bootstrap means are 0.4, 0.7 or 1.0 (p = 1/4, 1/2, 1/4), so the 95% interval is [0.4, 1.0]
     assert (lo[1], hi[1]) == (0.4, 1.0)
-    assert mean_ci(np.array([0.3])) == (0.3, 0.3, 0.3)
+    assert a.final == 0.5 and b.final == pytest.approx(0.25) and a.auc == pytest.approx(0.5)
+    single = summarise([a])
+    assert single.mean == 0.5 and single.mean_ci == (0.5, 0.5)
+    ablation = RunCurve("d", "state-only", "smiling", "sac", "draws=refit", 10, 0, (1,), (0.0,))
+    assert ablation.label == "SMILING [draws=refit]" and a.label == "SMILING"
 
 
 def test_compare_cli_writes_reports_and_refuses_an_empty_store(store, tmp_path, monkeypatch):
@@ -89,7 +95,7 @@ def test_compare_cli_writes_reports_and_refuses_an_empty_store(store, tmp_path, 
     assert ok.exit_code == 0, ok.output
     assert (tmp_path / "cmp" / "comparison.md").is_file()
     assert_user_error(run_cli(["report", "--compare", "--out", tmp_path / "x", "--dataset", "nope/none-v0"]),
-                      "no MLflow experiment", "nope/none-v0")
+                      "no finished train runs")
     assert_user_error(run_cli(["report", "--compare", "--out", tmp_path / "x", "--exp-prefix", "zzz-"]),
                       "no finished train runs", "zzz-")
     assert not (tmp_path / "x").exists()
@@ -123,3 +129,35 @@ def test_sweep_expands_grids_and_validates_before_queueing(tmp_path):
     sweep["grids"][1]["datasets"] = ["c"]
     path.write_text(yaml.safe_dump(sweep))
     assert_user_error(run_cli(["sweep", path, "--dry-run", "--params", params]), "'c'")
+
+
+def test_local_sweep_runs_each_cell_once_and_the_report_reads_their_records(recorded, monkeypatch, tmp_path):
+    import json
+
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(recorded["store"]))
+    tiny = {"ingest.dataset": "smiling/invertedpendulum/expert-v0", "ingest.num_states": 1000, "score.hidden": 32,
+            "pretrain.steps": 100, "train.steps": 400, "train.learning_starts": 200, "train.iteration_steps": 100,
+            "train.learner_fit_steps": 10, "train.eval_every": 100, "train.eval_episodes": 1,
+            "train.checkpoint_every": 400, "train.net": [16, 16]}
+    sweep = {"name": "loc", "datasets": {"ip": tiny},
+             "grids": [{"datasets": ["ip"], "seeds": [0], "algorithms": ["smiling"], "variants": ["state-only"]},
+                       {"datasets": ["ip"], "seeds": [0], "algorithms": ["smiling"], "variants": ["state-only"],
+                        "overrides": {"train.termination": "absorbing"}, "label": "absorbing"}]}
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(sweep))
+    results = tmp_path / "cells"
+    args = ["sweep", path, "--backend", "local", "-j", "2", "--runs", tmp_path / "runs", "--results", results]
+    run = run_cli(args)
+    assert run.exit_code == 0, run.output
+    assert sorted(p.name for p in results.iterdir()) == ["loc-ip-smiling-so-absorbing-s0", "loc-ip-smiling-so-s0"]
+    cell = json.loads((results / "loc-ip-smiling-so-absorbing-s0" / "cell.json").read_text())
+    assert cell["overrides"]["train.termination"] == "absorbing" and cell["wall_time_s"] > 0
+    tags = json.loads((results / "loc-ip-smiling-so-absorbing-s0" / "run.json").read_text())["tags"]
+    assert tags["config"] == "termination=absorbing" and tags["sweep_cell"] == "loc-ip-smiling-so-absorbing-s0"
+    again = run_cli(args)  # finished cells are never run again
+    assert again.exit_code == 0 and "ran 0 cells" in again.stdout, again.output
+    report = run_cli(["report", "--compare", "--cells", results, "--no-mlflow", "--out", tmp_path / "cmp"])
+    assert report.exit_code == 0, report.output
+    text = (tmp_path / "cmp" / "comparison.md").read_text()
+    assert "| state-only | SMILING [termination=absorbing] | 1000 | 1 |" in text
+    assert "| state-only | SMILING | 1000 | 1 |" in text

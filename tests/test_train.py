@@ -100,6 +100,58 @@ def test_buffer_computes_each_rows_expert_half_once_with_one_draw_set_per_run():
     assert fixed_rows == [32, 16, 1]
 
 
+def test_draws_redrawn_at_every_refit_recompute_both_halves():
+    from smiling_pipeline.cost import reward
+
+    buffer, _ = filled_buffer(64)
+    cost = buffer.reward_model = tiny_cost(4, CostConfig(reward_norm="none", draws="refit"))
+    settings = TrainConfig(learner_fit_steps=2, learner_batch_size=32)
+    first_draws = cost.draws
+    buffer.rewards_at(np.arange(32))
+    cost.refit(buffer.learner_rows(None), settings, iteration=0)
+    assert not torch.equal(cost.draws.eps, first_draws.eps) and cost.fixed_version == 1
+    rows = torch.as_tensor(buffer.observations[:64, 0, :])
+    expected = reward(cost.expert, cost.learner, rows, draws=cost.draws).numpy()
+    assert np.allclose(buffer.rewards_at(np.arange(64)), expected, atol=1e-5)  # expert halves redone too
+    restored = tiny_cost(4, CostConfig(reward_norm="none", draws="refit"))
+    restored.load_state_dict(cost.state_dict())
+    assert torch.equal(restored.draws.eps, cost.draws.eps) and restored.fixed_version == 1
+    kept = tiny_cost(4, CostConfig(reward_norm="none"))
+    kept.refit(buffer.learner_rows(None), settings, iteration=0)
+    assert torch.equal(kept.draws.eps, first_draws.eps) and kept.fixed_version == 0  # draws: run
+
+
+def test_absorbing_terminations_and_offset_shape_the_sampled_rewards():
+    buffer, _ = filled_buffer(40)
+    buffer.dones[[5, 9], 0] = 1.0  # two transitions that ended their episode
+    buffer.reward_model = tiny_cost(4)
+    inds = np.arange(16)
+    plain = buffer._get_samples(inds).rewards.squeeze(1)
+    buffer.reward_offset, buffer.absorbing_gamma = 0.05, 0.99
+    shaped = buffer._get_samples(inds).rewards.squeeze(1)
+    ended = torch.zeros(16, dtype=torch.bool)
+    ended[[5, 9]] = True
+    torch.testing.assert_close(shaped[~ended], plain[~ended] + 0.05)
+    lowest = (plain + 0.05).min()
+    torch.testing.assert_close(shaped[ended], plain[ended] + 0.05 + 99.0 * lowest)
+    assert (shaped[ended] < plain[ended]).all()  # falling is now worse than any state in the batch
+
+
+def test_training_without_early_termination_needs_an_env_that_has_it():
+    from smiling_pipeline.errors import UserError
+    from smiling_pipeline.ingest import ExpertData
+    from smiling_pipeline.train import make_env
+
+    hopper = ExpertData(np.zeros((2, 11)), np.zeros((0, 11)), np.zeros(11), np.ones(11),
+                        {"env_id": "Hopper-v5", "dataset_id": "x", "with_actions": False})
+    assert make_env(hopper, "ignore")[1].unwrapped._terminate_when_unhealthy is False
+    assert make_env(hopper)[1].unwrapped._terminate_when_unhealthy is True
+    pendulum = ExpertData(np.zeros((2, 4)), np.zeros((0, 4)), np.zeros(4), np.ones(4),
+                          {"env_id": "InvertedPendulum-v5", "dataset_id": "x", "with_actions": False})
+    with pytest.raises(UserError, match="no terminate_when_unhealthy"):
+        make_env(pendulum, "ignore")
+
+
 def test_state_action_rows_use_environment_actions():
     space = gym.spaces.Box(-3.0, 3.0, shape=(1,))
     obs = torch.zeros(3, 2)
