@@ -361,6 +361,8 @@ def sweep(
     if backend == "local":
         out = results or Path("reports") / load_sweep(sweep_file).name / "cells"
         done = run_local(sweep_file, params, jobs, runs, out, dry_run, echo=say)
+        for cell in done if dry_run else []:
+            typer.echo(f"{cell.name}: " + " ".join(f"{k}={v}" for k, v in cell.overrides.items()))
         typer.echo(f"{'would run' if dry_run else 'ran'} {len(done)} cells; records in {out}")
         return
     cells = queue(sweep_file, params, jobs, start, dry_run)

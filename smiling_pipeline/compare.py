@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 import warnings
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -24,6 +24,8 @@ VARIANTS = ("state-only", "state-action")
 COLORS = {"smiling": "tab:blue", "dac": "tab:orange", "bc": "tab:green"}
 
 
+DIAGNOSTICS = {"reward_mean_expert": "DS-divergence estimate\n(mean reward on expert states)",
+               "reward_true_corr": "correlation of the reward with\nthe true reward (learner states)"}
 FINAL_EVALS = 3  # "final" = the mean of the last evaluations: one evaluation swings with a single episode
 
 
@@ -40,6 +42,8 @@ class RunCurve:
     seed: int
     steps: tuple[int, ...]
     returns: tuple[float, ...]
+    # per-iteration diagnostics (``DIAGNOSTICS``): metric -> ((env steps, value), ...)
+    diagnostics: dict[str, tuple[tuple[int, float], ...]] = field(default_factory=dict, compare=False)
 
     @property
     def label(self) -> str:
@@ -75,10 +79,11 @@ class Summary:
     auc_ci: tuple[float, float]
 
 
-def _curve(tags: dict[str, str], steps: tuple[int, ...], returns: tuple[float, ...]) -> RunCurve:
+def _curve(tags: dict[str, str], steps: tuple[int, ...], returns: tuple[float, ...],
+           diagnostics: dict[str, tuple[tuple[int, float], ...]]) -> RunCurve:
     return RunCurve(tags["dataset"], tags.get("variant", "state-only"), tags["algorithm"], tags.get("rl", "sac"),
                     tags.get("config", "linear=True" if tags.get("linear") == "True" else "default"),
-                    int(tags["expert_states"]), int(tags["seed"]), steps, returns)
+                    int(tags["expert_states"]), int(tags["seed"]), steps, returns, diagnostics)
 
 
 def _key(c: RunCurve) -> tuple[str, str, str, str, str, int, int]:
@@ -105,7 +110,9 @@ def load_runs(tracking_uri: str, dataset: Optional[str] = None, exp_prefix: Opti
         history = sorted((m.step, m.value) for m in client.get_metric_history(r.info.run_id, "normalized_return"))
         if not history or "expert_states" not in tags:
             continue
-        curve = _curve(tags, tuple(s for s, _ in history), tuple(v for _, v in history))
+        diagnostics = {k: tuple(sorted((m.step, m.value) for m in client.get_metric_history(r.info.run_id, k)))
+                       for k in DIAGNOSTICS}
+        curve = _curve(tags, tuple(s for s, _ in history), tuple(v for _, v in history), diagnostics)
         latest.setdefault(_key(curve), curve)
     return list(latest.values())
 
@@ -123,7 +130,12 @@ def load_cells(folder: Path, dataset: Optional[str] = None, exp_prefix: Optional
         tags = {**info["tags"], "dataset": info["dataset_id"]}
         with open(cell.parent / "learning_curve.csv") as f:
             rows = list(csv.DictReader(f))
-        curve = _curve(tags, tuple(int(r["env_steps"]) for r in rows), tuple(float(r["normalized_return"]) for r in rows))
+        with open(cell.parent / "iterations.csv") as f:
+            iterations = list(csv.DictReader(f))
+        diagnostics = {k: tuple((int(r["env_steps"]), float(r[k])) for r in iterations if r.get(k) not in (None, ""))
+                       for k in DIAGNOSTICS}
+        curve = _curve(tags, tuple(int(r["env_steps"]) for r in rows),
+                       tuple(float(r["normalized_return"]) for r in rows), diagnostics)
         if dataset is None or curve.dataset == dataset:
             out.append(curve)
     return out
@@ -226,6 +238,33 @@ def plot_learning_curves(path: Path, dataset: str, groups: dict[tuple[str, str, 
     plt.close(fig)
 
 
+def plot_diagnostics(path: Path, dataset: str, groups: dict[tuple[str, str, str, int], list[RunCurve]],
+                     states: int) -> bool:
+    """Per-iteration diagnostics of the state-only runs, one thin line per seed; False when there are none."""
+    fig, axes = plt.subplots(1, len(DIAGNOSTICS), figsize=(11, 3.6), dpi=110)
+    drawn = False
+    for ax, (metric, title) in zip(axes, DIAGNOSTICS.items()):
+        for i, ((d, v, label, n), group) in enumerate(sorted(groups.items())):
+            if d != dataset or v != "state-only" or n != states:
+                continue
+            color = f"C{i % 10}"
+            for j, c in enumerate(group):
+                points = c.diagnostics.get(metric, ())
+                if points:
+                    drawn = True
+                    ax.plot(*zip(*points), color=color, lw=0.8, alpha=0.8, label=label if j == 0 else None)
+        ax.set(title=title, xlabel="env steps")
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
+    fig.suptitle(f"{dataset}, state-only: per-iteration diagnostics (one line per seed)")
+    fig.tight_layout()
+    if drawn:
+        fig.savefig(path, format="png")
+    plt.close(fig)
+    return drawn
+
+
 def plot_data_efficiency(path: Path, dataset: str, summaries: list[Summary]) -> None:
     """Final normalized return against the number of expert states, one line per algorithm and variant run
     at several counts (single counts are in the table)."""
@@ -295,6 +334,8 @@ def write_comparison(tracking_uri: Optional[str], out: Path, dataset: Optional[s
             lines += [f"| {s.variant} | {s.label} | {s.expert_states} | {s.seeds} | {_ci(s.mean, s.mean_ci)} | "
                       f"{_ci(s.iqm, s.iqm_ci)} | {_ci(s.auc, s.auc_ci)} |" for s in summaries if s.dataset == d]
             lines += ["", f"![learning curves]({slug}_curves.png)", ""]
+            if plot_diagnostics(tmp / f"{slug}_diagnostics.png", d, groups, states):
+                lines += [f"![diagnostics]({slug}_diagnostics.png)", ""]
             by_group = defaultdict(set)
             for c in here:
                 by_group[(c.label, c.variant)].add(c.expert_states)

@@ -161,3 +161,4 @@ def test_local_sweep_runs_each_cell_once_and_the_report_reads_their_records(reco
     text = (tmp_path / "cmp" / "comparison.md").read_text()
     assert "| state-only | SMILING [termination=absorbing] | 1000 | 1 |" in text
     assert "| state-only | SMILING | 1000 | 1 |" in text
+    assert (tmp_path / "cmp" / "smiling-invertedpendulum-expert-v0_diagnostics.png").stat().st_size > 10_000
