@@ -7,6 +7,7 @@ MLflow store, which ``smiling-cli report --compare --exp-prefix NAME-`` then rea
 
 from __future__ import annotations
 
+import fcntl
 import itertools
 import os
 import shutil
@@ -16,7 +17,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import IO, Any, Literal, Optional
 
 import dacite
 import yaml
@@ -180,6 +181,18 @@ def _commit() -> str:
     return out.stdout.strip() or "unknown"
 
 
+def _claim(folder: Path) -> Optional[IO[str]]:
+    """An exclusive lock on a cell's folder (held while its process runs), or None when another sweep
+    process holds it: several sweep processes can work through one grid without running a cell twice."""
+    handle = open(folder / ".lock", "w")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        return None
+    return handle
+
+
 def run_local(sweep_file: Path, params_file: Optional[Path], jobs: int, runs: Path, results: Path,
               dry_run: bool = False, echo: Any = print) -> list[Cell]:
     """Run the cells whose records are not yet in ``results`` as ``smiling-cli train`` processes, ``jobs``
@@ -197,18 +210,24 @@ def run_local(sweep_file: Path, params_file: Optional[Path], jobs: int, runs: Pa
         while pending or active:
             while pending and len(active) < jobs:
                 cell = pending.pop(0)
+                if (results / cell.name / "metrics.json").is_file():
+                    continue  # finished meanwhile by another sweep process
                 params = _cell_params(cell, base, runs.resolve())
+                lock = _claim(params.parent)
+                if lock is None:
+                    echo(f"skipped {cell.name}: another sweep process is running it")
+                    continue
                 resume = ["--resume"] if (params.parent / "train" / "checkpoint" / "state.pt").is_file() else []
                 log = open(params.parent / "train.log", "a")
                 env = {**os.environ, "SMILING_SWEEP_CELL": cell.name}
                 proc = subprocess.Popen([sys.executable, "-m", "smiling_pipeline.cli", "train", "--params", str(params),
                                          *resume], stdout=log,
                                         stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
-                active[proc] = (cell, params.parent, time.monotonic(), log)
+                active[proc] = (cell, params.parent, time.monotonic(), log, lock)
                 echo(f"started {cell.name}{' (resumed)' if resume else ''}: log {params.parent / 'train.log'}")
             time.sleep(1.0)
             for proc in [p for p in active if p.poll() is not None]:
-                cell, folder, started, log = active.pop(proc)
+                cell, folder, started, log, lock = active.pop(proc)
                 log.close()
                 if proc.returncode == 0:
                     _collect(cell, folder, results, time.monotonic() - started)
@@ -216,12 +235,14 @@ def run_local(sweep_file: Path, params_file: Optional[Path], jobs: int, runs: Pa
                 else:
                     failed.append(cell.name)
                     echo(f"FAILED {cell.name} (exit {proc.returncode}): see {folder / 'train.log'}")
+                lock.close()
     finally:
         for proc in active:  # Ctrl-C: stop the running cells; their checkpoints let a rerun continue
             proc.terminate()
-        for proc, (_, _, _, log) in active.items():
+        for proc, (_, _, _, log, lock) in active.items():
             proc.wait()
             log.close()
+            lock.close()
     if failed:
         raise UserError(f"{len(failed)} of {len(todo)} cells failed ({', '.join(failed)}); their logs are in {runs}")
     return todo

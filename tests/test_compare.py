@@ -162,3 +162,14 @@ def test_local_sweep_runs_each_cell_once_and_the_report_reads_their_records(reco
     assert "| state-only | SMILING [termination=absorbing] | 1000 | 1 |" in text
     assert "| state-only | SMILING | 1000 | 1 |" in text
     assert (tmp_path / "cmp" / "smiling-invertedpendulum-expert-v0_diagnostics.png").stat().st_size > 10_000
+
+
+def test_a_cell_claimed_by_one_sweep_process_is_skipped_by_another(tmp_path):
+    from smiling_pipeline.sweep import _claim
+
+    first = _claim(tmp_path)
+    assert first is not None and _claim(tmp_path) is None
+    first.close()
+    again = _claim(tmp_path)
+    assert again is not None
+    again.close()
