@@ -214,17 +214,19 @@ def _settings(p: Params, dtype: torch.dtype) -> dict[str, Any]:
     return settings
 
 
-# Settings a study varies one at a time; a run that changes any of them says so in its ``config`` tag.
-ABLATIONS = ("score.linear", "cost.draws", "train.termination", "train.reward_offset", "pretrain.steps",
-             "baselines.dac_reward_norm", "baselines.dac_standardize")
+# Settings a study varies one at a time, and the algorithms they apply to; a run that changes any of
+# them says so in its ``config`` tag.
+ABLATIONS = {"score.linear": ("smiling",), "cost.draws": ("smiling",), "pretrain.steps": ("smiling",),
+             "train.termination": ("smiling", "dac"), "train.reward_offset": ("smiling", "dac"),
+             "baselines.dac_reward_norm": ("dac",), "baselines.dac_standardize": ("dac",)}
 
 
 def config_tag(p: Params) -> str:
-    """``name=value`` of every ablation setting that the algorithm uses and that differs from its default."""
-    used = _settings(p, torch.float32)
+    """``name=value`` of every ablation setting that applies to the algorithm and differs from its default."""
     default = Params()
-    changed = [f"{key.split('.')[1]}={getattr(getattr(p, s), n)}" for key in ABLATIONS
-               for s, n in [key.split(".")] if s in used and getattr(getattr(p, s), n) != getattr(getattr(default, s), n)]
+    changed = [f"{key.split('.')[1]}={getattr(getattr(p, s), n)}" for key, algorithms in ABLATIONS.items()
+               for s, n in [key.split(".")]
+               if p.train.algorithm in algorithms and getattr(getattr(p, s), n) != getattr(getattr(default, s), n)]
     return ",".join(changed) or "default"
 
 

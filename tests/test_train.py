@@ -341,3 +341,18 @@ def test_dvc_repro_runs_the_pipeline_and_then_has_nothing_to_do(tmp_path):
     second = subprocess.run(["dvc", "repro"], cwd=repo, env=env, capture_output=True, text=True)
     assert second.returncode == 0 and "Running stage" not in second.stdout, second.stdout
     assert (repo / "mlflow.db").is_file()
+
+
+def test_config_tag_names_only_the_ablations_that_apply_to_the_algorithm():
+    import dataclasses
+
+    from smiling_pipeline.config import Params
+    from smiling_pipeline.train import config_tag
+
+    p = Params()
+    assert config_tag(p) == "default"
+    p = dataclasses.replace(p, pretrain=dataclasses.replace(p.pretrain, steps=2000),
+                            cost=dataclasses.replace(p.cost, draws="refit"))
+    assert config_tag(p) == "draws=refit,steps=2000"
+    dac = dataclasses.replace(p, train=dataclasses.replace(p.train, algorithm="dac", termination="absorbing"))
+    assert config_tag(dac) == "termination=absorbing"  # the estimator's and pretraining's settings are not DAC's
