@@ -1,7 +1,7 @@
 """How long the expert score model must pre-train: validation loss against AdamW steps on expert datasets.
 
 Run:  .venv/bin/python benchmarks/pretrain_length.py [--datasets ID ...] [--steps 30000] [--seeds 0 1]
-      -> reports/locomotion/pretrain_length.json and .png
+      -> reports/locomotion/pretrain_length.json and .png (--plot-only redraws the PNG from the JSON)
 
 For each dataset, state-only and state-action, ingest as the pipeline does (5,000 expert states, 10 %
 held out) and fit the default score model (``ScoreConfig``, ``PretrainConfig`` batch, lr and weight
@@ -62,7 +62,11 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--minari-root", default=str(ROOT / "data" / "minari"))
     parser.add_argument("--out", type=Path, default=ROOT / "reports" / "locomotion")
+    parser.add_argument("--plot-only", action="store_true", help="Redraw the PNG from the JSON in --out.")
     args = parser.parse_args()
+    if args.plot_only:
+        plot(json.loads((args.out / "pretrain_length.json").read_text()), args.out / "pretrain_length.png")
+        return
     torch.set_num_threads(1)
     use_minari_root(args.minari_root)
     results = []
@@ -86,18 +90,25 @@ def main() -> None:
                       f"{row['min_step']}, within 1 % from {row['within_1pct_step']} ({row['seconds']:.0f} s)", flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "pretrain_length.json").write_text(json.dumps(results, indent=1) + "\n")
-    fig, axes = plt.subplots(1, len(args.datasets), figsize=(4.2 * len(args.datasets), 3.4), dpi=110, squeeze=False)
-    for ax, dataset in zip(axes[0], args.datasets):
+    plot(results, args.out / "pretrain_length.png")
+
+
+def plot(results: list[dict], path: Path) -> None:
+    """Held-out loss against steps, one panel per dataset, with the old (2k) and current default lengths."""
+    datasets = sorted({r["dataset"] for r in results})
+    fig, axes = plt.subplots(1, len(datasets), figsize=(4.4 * len(datasets), 3.4), dpi=110, squeeze=False)
+    for ax, dataset in zip(axes[0], datasets):
         for row in (r for r in results if r["dataset"] == dataset):
             steps, losses = zip(*row["val_loss"])
             ax.plot(steps, losses, label=f"{row['variant']} s{row['seed']}")
-        ax.axvline(PretrainConfig().steps, color="grey", ls=":", lw=1)
+        ax.axvline(2_000, color="grey", ls=":", lw=1, label="2k (earlier default)")
+        ax.axvline(PretrainConfig().steps, color="black", ls="--", lw=1, label=f"{PretrainConfig().steps // 1000}k (default)")
         ax.set(title=dataset, xlabel="pre-training steps", ylabel="held-out denoising loss")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(args.out / "pretrain_length.png")
-    print(f"wrote {args.out / 'pretrain_length.json'} and .png")
+    fig.savefig(path)
+    print(f"wrote {path}")
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ import fcntl
 import itertools
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -181,6 +182,10 @@ def _commit() -> str:
     return out.stdout.strip() or "unknown"
 
 
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
 def _claim(folder: Path) -> Optional[IO[str]]:
     """An exclusive lock on a cell's folder (held while its process runs), or None when another sweep
     process holds it: several sweep processes can work through one grid without running a cell twice."""
@@ -206,6 +211,7 @@ def run_local(sweep_file: Path, params_file: Optional[Path], jobs: int, runs: Pa
     check_writable(runs)
     check_writable(results)
     pending, active, failed = list(todo), {}, []
+    previous = signal.signal(signal.SIGTERM, _interrupt)  # a terminated sweep stops its cells too
     try:
         while pending or active:
             while pending and len(active) < jobs:
@@ -243,6 +249,7 @@ def run_local(sweep_file: Path, params_file: Optional[Path], jobs: int, runs: Pa
             proc.wait()
             log.close()
             lock.close()
+        signal.signal(signal.SIGTERM, previous)
     if failed:
         raise UserError(f"{len(failed)} of {len(todo)} cells failed ({', '.join(failed)}); their logs are in {runs}")
     return todo
