@@ -341,6 +341,15 @@ def test_dvc_repro_runs_the_pipeline_and_then_has_nothing_to_do(tmp_path):
     second = subprocess.run(["dvc", "repro"], cwd=repo, env=env, capture_output=True, text=True)
     assert second.returncode == 0 and "Running stage" not in second.stdout, second.stdout
     assert (repo / "mlflow.db").is_file()
+    with open(repo / "smiling_pipeline" / "score.py", "a") as f:  # any code change reruns the stages that run it
+        f.write("\n# edited\n")
+    status = subprocess.run(["dvc", "status", "--json"], cwd=repo, env=env, capture_output=True, text=True)
+    assert {"pretrain", "train", "evaluate"} <= set(json.loads(status.stdout)), status.stdout
+
+
+def test_every_dvc_stage_depends_on_the_whole_package():
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    assert all("smiling_pipeline" in stage["deps"] for stage in stages.values())
 
 
 def test_config_tag_names_only_the_ablations_that_apply_to_the_algorithm():
