@@ -153,14 +153,15 @@ def test_local_sweep_runs_each_cell_once_and_the_report_reads_their_records(reco
     cell = json.loads((results / "loc-ip-smiling-so-absorbing-s0" / "cell.json").read_text())
     assert cell["overrides"]["train.termination"] == "absorbing" and cell["wall_time_s"] > 0
     tags = json.loads((results / "loc-ip-smiling-so-absorbing-s0" / "run.json").read_text())["tags"]
-    assert tags["config"] == "termination=absorbing" and tags["sweep_cell"] == "loc-ip-smiling-so-absorbing-s0"
+    # the tiny pretraining is an ablation setting too, so it is named beside the grid's own
+    assert tags["config"] == "steps=100,termination=absorbing" and tags["sweep_cell"] == "loc-ip-smiling-so-absorbing-s0"
     again = run_cli(args)  # finished cells are never run again
     assert again.exit_code == 0 and "ran 0 cells" in again.stdout, again.output
     report = run_cli(["report", "--compare", "--cells", results, "--no-mlflow", "--out", tmp_path / "cmp"])
     assert report.exit_code == 0, report.output
     text = (tmp_path / "cmp" / "comparison.md").read_text()
-    assert "| state-only | SMILING [termination=absorbing] | 1000 | 1 |" in text
-    assert "| state-only | SMILING | 1000 | 1 |" in text
+    assert "| state-only | SMILING [steps=100,termination=absorbing] | 1000 | 1 |" in text
+    assert "| state-only | SMILING [steps=100] | 1000 | 1 |" in text
     assert (tmp_path / "cmp" / "smiling-invertedpendulum-expert-v0_diagnostics.png").stat().st_size > 10_000
 
 
