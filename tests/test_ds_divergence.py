@@ -124,7 +124,12 @@ CASES = {
 @pytest.mark.parametrize("case", CASES)
 def test_ds_divergence_is_within_25_percent_of_the_closed_form(case):
     """10,000 rows a side with exact first and second moments (so the sample's own divergence is the closed
-    form: with plain draws it scatters by about +-10 % at 0.003 from data alone), half the default fit steps."""
+    form: with plain draws it scatters by about +-10 % at 0.003 from data alone), half the default fit steps.
+
+    Measured relative errors (data seeds 1000-1002 with estimator seeds 0-2): shift-d4 -8 to -0.5 %,
+    anisotropic-d6 -6 to -4 %, correlated-d2 +3 to +6 %, narrow-d8 +9.5 to +10 % (the Q model's error in
+    Q's tails, where P's rows lie), shift-d2 +0.5 to +2.4 %.
+    """
     exact = closed_form_ds(*CASES[case])
     p, q = gaussian_pair(*CASES[case], n=10_000, seed=1000, exact=True)
     estimate = ds_divergence(p, q, steps=1_500, seed=0)
