@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup repro test bench clean
+.PHONY: setup repro test lint bench clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -21,6 +21,10 @@ repro: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check smiling_pipeline
+	$(BIN)/mypy smiling_pipeline
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run_all.py

@@ -7,9 +7,9 @@ Both learners are built the way ``smiling-cli train`` builds them, in one proces
 - **SMILING**: ``smiling_pipeline.train.build_model`` (SAC, ``SmilingReplayBuffer``, the pipeline's
   ``TrainConfig`` defaults: lr 3e-4, batch 256, train_freq 1 / gradient_steps 1, learning_starts
   1000, ent_coef auto_0.1) with the pipeline's reward object (``rl.SmilingReward``) and refit
-  callback (``rl.RewardRefit``):
+  (``rl.LearnerRefit``), run between ``learn`` calls as ``train.train`` runs them:
   learner refit every 1000 env steps (``TrainConfig.learner_fit_steps`` AdamW steps of batch 1024) plus the per-iteration
-  statistics the callback computes. The refit is part of the algorithm, so it is inside the timing.
+  statistics it computes. The refit is part of the algorithm, so it is inside the timing.
   The expert score model is a default ``ScoreConfig`` model fitted briefly on a few thousand states
   of seeded random rollouts: the reward's compute does not depend on the weights' values.
   Score-model matmuls in the pipeline's default precision (``runtime.precision: auto``); where that
@@ -99,7 +99,7 @@ class RunResult:
     steps: int
     seconds: float
     reward_seconds: float = 0.0  # SMILING: rewards of sampled rows (the replay buffer's rewards_at)
-    refit_seconds: float = 0.0  # SMILING: refit callback (learner fit + its statistics)
+    refit_seconds: float = 0.0  # SMILING: refit (learner fit + its statistics)
     rows_evaluated: int = 0  # SMILING: rows whose reward was computed for sampled batches
     refits: int = 0
     prefill: int = 0
@@ -131,7 +131,8 @@ class Learner:
         from stable_baselines3 import SAC
 
         from smiling_pipeline.config import CostConfig, TrainConfig
-        from smiling_pipeline.runtime import seed_everything
+        from stable_baselines3.common.utils import set_random_seed
+
         from smiling_pipeline.train import build_model
 
         base = TrainConfig()
@@ -139,9 +140,10 @@ class Learner:
         self.stop = self.start + steps
         cfg = dataclasses.replace(base, steps=self.stop + prefill, net=tuple(net), seed=seed)
         self.env = make_env(env_id)
-        seed_everything(seed)
+        set_random_seed(seed)
+        self.cfg = cfg
         self.result = RunResult(algo, env_id, tuple(net), seed, steps, 0.0, prefill=prefill)
-        self.callback: Any = None
+        self.refit: Any = None  # SMILING: (buffer, env steps) -> stats, timed
         self.timers = {"reward": 0.0, "refit": 0.0, "rows": 0, "in_refit": False}
         if algo == "sac":
             self.model = SAC("MlpPolicy", self.env, ent_coef=cfg.ent_coef, learning_rate=cfg.lr,
@@ -149,21 +151,16 @@ class Learner:
                              gamma=cfg.gamma, policy_kwargs={"net_arch": list(cfg.net)}, seed=seed, device="cpu",
                              verbose=0)
         else:
-            from smiling_pipeline.rl import RewardRefit, SmilingReward
+            from smiling_pipeline.rl import LearnerRefit, SmilingReward
 
             cost_cfg = CostConfig() if k is None else dataclasses.replace(CostConfig(), timesteps=k)
             reward = SmilingReward(expert, cost_cfg, None, seed, torch.float32 if algo == "smiling_float32" else PRECISION)
             self.model = build_model(cfg, self.env, torch.device("cpu"), None)
             self.model.replay_buffer.reward_model = reward
-            stop, timers, result = self.stop, self.timers, self.result
-
-            class Refit(RewardRefit):
-                def due(self, steps: int) -> bool:  # no refit at the step that ends the window
-                    return super().due(steps) and steps < stop
-
-            refit = Refit(reward, cfg, expert_val)
+            timers, result = self.timers, self.result
+            refit = LearnerRefit(reward, cfg, expert_val)
             buffer = self.model.replay_buffer
-            rewards_at, refit_fn = buffer.rewards_at, refit.refit
+            rewards_at = buffer.rewards_at
 
             def timed_rewards_at(idx: np.ndarray) -> np.ndarray:
                 t0, before = time.perf_counter(), reward.evaluations
@@ -173,19 +170,18 @@ class Learner:
                     timers["rows"] += reward.evaluations - before
                 return out
 
-            def timed_refit() -> Any:
+            def timed_refit(buffer: Any, steps: int) -> Any:
                 t0 = time.perf_counter()
                 timers["in_refit"] = True
                 try:
-                    return refit_fn()
+                    return refit(buffer, steps)
                 finally:
                     timers["in_refit"] = False
                     timers["refit"] += time.perf_counter() - t0
                     result.refits += 1
 
             buffer.rewards_at = timed_rewards_at
-            refit.refit = timed_refit
-            self.callback = refit
+            self.refit = timed_refit
         if prefill:
             prefill_buffer(self.model.replay_buffer, prefill, seed)
             if algo != "sac":  # as in a real run, where each row got its expert half when first sampled
@@ -194,8 +190,16 @@ class Learner:
 
     def advance(self, n: int) -> float:
         """Run ``n`` more env steps (with their updates); returns the seconds it took."""
+        from smiling_pipeline.train import next_stop
+
         t0 = time.perf_counter()
-        self.model.learn(n, callback=self.callback, reset_num_timesteps=self.model.num_timesteps == 0)
+        target = self.model.num_timesteps + n
+        while self.model.num_timesteps < target:  # SMILING: refit between learn calls, as train.train does
+            stop = min(target, next_stop(self.model.num_timesteps, self.cfg)) if self.refit else target
+            self.model.learn(stop - self.model.num_timesteps, reset_num_timesteps=False)
+            steps, start = self.model.num_timesteps, self.cfg.learning_starts
+            if self.refit and steps >= start and (steps - start) % self.cfg.iteration_steps == 0 and steps < self.stop:
+                self.refit(self.model.replay_buffer, steps)  # no refit at the step that ends the window
         return time.perf_counter() - t0
 
     def warm_up(self) -> None:

@@ -5,7 +5,8 @@ defines it (``algorithm/dac.py``, ``config/alg/dac.yaml``), and behaviour clonin
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Optional
+from collections.abc import Callable
+from typing import Any, Optional
 
 import gymnasium as gym
 import numpy as np
@@ -14,7 +15,6 @@ from torch import nn
 from torch.nn import functional as F
 
 from smiling_pipeline.config import BaselinesConfig, CostConfig, TrainConfig
-from smiling_pipeline.errors import UserError
 from smiling_pipeline.rl import RewardModel
 
 
@@ -55,8 +55,6 @@ class DacReward(RewardModel):
                  baselines: BaselinesConfig, action_space: Optional[gym.spaces.Box], seed: int = 0,
                  device: torch.device = torch.device("cpu"), min_std: float = 0.1):
         super().__init__(dataclasses.replace(cfg, reward_norm=baselines.dac_reward_norm), action_space, seed)
-        if baselines.dac_fit_steps < 1:
-            raise UserError(f"baselines.dac_fit_steps must be at least 1, got {baselines.dac_fit_steps}")
         torch.manual_seed(seed)
         dim = expert_rows.shape[1]
         self.mean = torch.as_tensor(mean if baselines.dac_standardize else np.zeros(dim), dtype=torch.float32,

@@ -69,9 +69,9 @@ def env_state(vec_env: Any) -> dict[str, Any]:
 def set_env_state(vec_env: Any, state: dict[str, Any]) -> None:
     """Inverse of :func:`env_state` on a freshly made env of the same kind."""
     vars(vec_env).update(state["vec"])
-    for env, saved in zip(vec_env.envs, state["envs"]):
+    for env, saved in zip(vec_env.envs, state["envs"], strict=True):
         *wrappers, base = _layers(env)
-        for wrapper, attrs in zip(wrappers, saved["wrappers"]):
+        for wrapper, attrs in zip(wrappers, saved["wrappers"], strict=True):
             vars(wrapper).update(attrs)
         mujoco.mj_setState(base.model, base.data, saved["mujoco"], _MJ_STATE)
         base.np_random.bit_generator.state = saved["np_random"]

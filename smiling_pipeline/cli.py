@@ -9,14 +9,15 @@ import logging
 import os
 import sys
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, Callable, Optional, TypeVar
+from typing import Annotated, Any, Optional, TypeVar
 
 import typer
 
 from smiling_pipeline import config as C
 from smiling_pipeline.errors import UserError
-from smiling_pipeline.stages import workdir as workdir_for
+from smiling_pipeline.pipeline import workdir as workdir_for
 
 app = typer.Typer(
     help="SMILING imitation learning: Minari demos -> score models -> RL -> normalized return.",
@@ -43,6 +44,22 @@ ThreadsOpt = Annotated[Optional[int], typer.Option("--threads", min=1, help="Tor
 PrecisionOpt = Annotated[Optional[str], typer.Option(
     "--precision", help="Score-model matmuls: auto (bfloat16 where native) | float32 | bfloat16 [params: runtime.precision].")]
 SeedOpt = Annotated[Optional[int], typer.Option("--seed", help="Random seed [params: <stage>.seed].")]
+
+
+class _Stderr(logging.Handler):
+    """Progress notes to the current stderr (looked up per message, so CliRunner captures them too)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        typer.echo(self.format(record), err=True)
+
+
+def _log_to_stderr() -> None:
+    """The package's progress notes (``logging`` at INFO) go to stderr so stdout stays the command's result."""
+    logger = logging.getLogger("smiling_pipeline")
+    if not any(isinstance(h, _Stderr) for h in logger.handlers):
+        logger.addHandler(_Stderr())
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
 
 
 def handles_user_errors(fn: F) -> F:
@@ -100,6 +117,7 @@ def with_section(p: C.Params, section: str, **values: Any) -> C.Params:
 @app.callback()
 def _root() -> None:
     """SMILING imitation learning from Minari demonstrations (see README)."""
+    _log_to_stderr()
 
 
 @app.command()
@@ -110,7 +128,8 @@ def datasets(
     params: ParamsOpt = None,
 ) -> None:
     """List local Minari datasets (and remote ones with --remote) with sizes and reference scores."""
-    from smiling_pipeline.demos import local_datasets, minari_root as store, remote_datasets
+    from smiling_pipeline.demos import local_datasets, remote_datasets
+    from smiling_pipeline.demos import minari_root as store
 
     setup(params, minari_root=minari_root)
     rows = [("local", i, m) for i, m in local_datasets().items()]
@@ -166,18 +185,17 @@ def demos(
     threads: ThreadsOpt = None,
 ) -> None:
     """Make a local expert dataset: train an SB3 expert (PPO or SAC) on the true reward (or load --policy), record with Minari."""
-    from smiling_pipeline.demos import make_demos, minari_root as store
+    from smiling_pipeline.demos import make_demos
+    from smiling_pipeline.demos import minari_root as store
     from smiling_pipeline.io import write_json
     from smiling_pipeline.runtime import resolve_device
 
     p = setup(params, workdir, minari_root, device, threads)
-    if algorithm not in (None, "sac", "ppo"):
-        raise UserError(f"--algorithm must be sac or ppo, got {algorithm!r}")
     cfg = C.override(p.demos, env_id=env, dataset_id=dataset_id, algorithm=algorithm, expert_steps=expert_steps,
                      expert_net=_net(expert_net), eval_every=eval_every, episodes=episodes,
                       random_episodes=random_episodes, policy_path=policy, seed=seed)
     out = workdir_for(p) / "demos"
-    result = make_demos(cfg, store(), out, resolve_device(p.runtime.device), force=force)
+    result = make_demos(cfg, store(), out, str(resolve_device(p.runtime.device)), force=force)
     write_json(out / "demos.json", vars(result))
     typer.echo(
         f"recorded {result.episodes} episodes ({result.steps} steps) into {result.dataset_id}: expert return "
@@ -230,13 +248,15 @@ def pretrain(
     precision: PrecisionOpt = None,
 ) -> None:
     """Pre-train the expert diffusion score model; logs losses and the model to MLflow."""
-    from smiling_pipeline.stages import pretrain as run_pretrain
+    from smiling_pipeline.pipeline import ensure_ingested
+    from smiling_pipeline.pretrain import pretrain as run_pretrain
 
     p = setup(params, workdir, minari_root, device, threads, precision)
     p = with_section(p, "ingest", dataset=dataset, with_actions=with_actions)
     p = with_section(p, "score", linear=linear)
     p = with_section(p, "pretrain", steps=steps, seed=seed)
-    m = run_pretrain(p, say)
+    check_settings(p)
+    m = run_pretrain(p, ensure_ingested(p), workdir_for(p) / "pretrain")
     typer.echo(f"expert score model: val loss {m['final_val_loss']:.4f} after {m['steps']} steps -> "
                f"{workdir_for(p) / 'pretrain'}; MLflow model {m['model_uri']}")
 
@@ -263,16 +283,20 @@ def train(
     precision: PrecisionOpt = None,
 ) -> None:
     """Iterative SMILING (or the DAC / BC baselines): RL on the imitation reward, refit every iteration."""
+    from smiling_pipeline.pipeline import ensure_ingested, ensure_pretrained
+    from smiling_pipeline.train import check, make_env
     from smiling_pipeline.train import train as run_train
 
     p = setup(params, workdir, minari_root, device, threads, precision)
     p = with_section(p, "ingest", dataset=dataset, with_actions=with_actions)
     p = with_section(p, "score", linear=linear)
-    if algorithm not in (None, "smiling", "dac", "bc") or rl not in (None, "sac", "td3", "ddpg"):
-        raise UserError("--algorithm must be smiling, dac or bc and --rl sac, td3 or ddpg")
     p = with_section(p, "train", steps=steps, algorithm=algorithm, rl=rl, eval_every=eval_every, eval_episodes=eval_episodes,
                      checkpoint_every=checkpoint_every, seed=seed)
-    m = run_train(p, say, resume=resume)
+    check(p)
+    data = ensure_ingested(p, needs_env=True)
+    make_env(data, p.train.termination)[1].close()  # the environment matches the data, before pretraining
+    expert = ensure_pretrained(p, data) if p.train.algorithm == "smiling" else None
+    m = run_train(p, data, expert, workdir_for(p), resume=resume)
     budget = f"{m['gradient_steps']} gradient steps" if m["algorithm"] == "bc" else f"{m['env_steps']} env steps"
     typer.echo(f"{m['algorithm'].upper()} on {m['dataset_id']}: normalized return {m['final_normalized_return']:.3f} after "
                f"{budget} (best {m['best_normalized_return']:.3f}) -> {workdir_for(p) / 'train'}")
@@ -292,12 +316,16 @@ def evaluate(
     device: DeviceOpt = None,
 ) -> None:
     """Run a policy with the true reward: raw return and normalized return (random 0, expert 1)."""
-    from smiling_pipeline.stages import evaluate as run_evaluate
+    from smiling_pipeline.evaluate import evaluate as run_evaluate
+    from smiling_pipeline.evaluate import policy_ref
+    from smiling_pipeline.pipeline import ensure_ingested
 
     p = setup(params, workdir, minari_root, device)
     p = with_section(p, "ingest", dataset=dataset)
     p = with_section(p, "evaluate", episodes=episodes, seed=seed)
-    m = run_evaluate(p, say, policy, video)
+    check_settings(p)
+    ref = policy_ref(workdir_for(p), policy)
+    m = run_evaluate(p, ensure_ingested(p, needs_env=True), workdir_for(p), ref, video)
     typer.echo(f"{m['policy']} on {m['env_id']}: return {m['return_mean']:.1f} ± {m['return_std']:.1f} over "
                f"{m['episodes']} episodes, normalized return {m['normalized_return']:.3f} ({m['reference_source']})")
 
@@ -360,7 +388,7 @@ def sweep(
         raise UserError(f"--backend must be dvc or local, got {backend!r}")
     if backend == "local":
         out = results or Path("reports") / load_sweep(sweep_file).name / "cells"
-        done = run_local(sweep_file, params, jobs, runs, out, dry_run, echo=say)
+        done = run_local(sweep_file, params, jobs, runs, out, dry_run)
         for cell in done if dry_run else []:
             typer.echo(f"{cell.name}: " + " ".join(f"{k}={v}" for k, v in cell.overrides.items()))
         typer.echo(f"{'would run' if dry_run else 'ran'} {len(done)} cells; records in {out}")
@@ -373,27 +401,36 @@ def sweep(
                                                       f"; {jobs} workers started, follow with `dvc queue status`"))
 
 
-def say(message: str) -> None:
-    """Progress notes go to stderr so stdout stays the command's result."""
-    typer.echo(message, err=True)
+def check_settings(p: C.Params) -> None:
+    """Rules between settings, and an MLflow store that can be reached, before a stage writes anything."""
+    from smiling_pipeline.tracking import check_store, tracking_uri
+
+    C.check(p)
+    check_store(tracking_uri())
 
 
-def main() -> None:
-    """Console-script entry point: usage errors (bad or out-of-range options) are one line too."""
+def run(args: Optional[list[str]] = None) -> int:
+    """Run the CLI on ``args`` (default: the command line) and return its exit code; usage errors (bad or
+    out-of-range options) are one ``error:`` line too."""
     try:
         from typer._click import exceptions as click_errors  # Typer >= 0.2x vendors click
     except ImportError:  # older Typer uses click itself
         from click import exceptions as click_errors  # type: ignore[no-redef]
 
     try:
-        code = app(standalone_mode=False)
+        code = app(args=args, standalone_mode=False)
     except click_errors.ClickException as e:
         if e.format_message():  # empty when the help was shown for a bare `smiling-cli`
             typer.echo(f"error: {e.format_message()} (see --help)", err=True)
-        sys.exit(e.exit_code)
+        return e.exit_code
     except typer.Abort:  # Ctrl-C at a prompt
-        sys.exit(130)
-    sys.exit(code if isinstance(code, int) else 0)
+        return 130
+    return code if isinstance(code, int) else 0
+
+
+def main() -> None:
+    """Console-script entry point."""
+    sys.exit(run())
 
 
 if __name__ == "__main__":

@@ -10,9 +10,10 @@ from __future__ import annotations
 import re
 import warnings
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
 
 import numpy as np
 
@@ -182,7 +183,7 @@ def summarise(group: list[RunCurve]) -> Summary:
 def mean_curve(group: list[RunCurve]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Steps every seed evaluated at, with the mean and the 95% interval over seeds there."""
     common = sorted(set.intersection(*(set(c.steps) for c in group)))
-    scores = np.array([[dict(zip(c.steps, c.returns))[s] for s in common] for c in group])
+    scores = np.array([[dict(zip(c.steps, c.returns, strict=True))[s] for s in common] for c in group])
     point, ci = interval_estimates(scores, lambda s: s.mean(axis=0))
     return np.array(common), point, ci[0], ci[1]
 
@@ -210,7 +211,7 @@ def plot_learning_curves(path: Path, dataset: str, groups: dict[tuple[str, str, 
                          states: int) -> None:
     """State-only and state-action panels side by side; BC (no env steps) is a horizontal band."""
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.8), dpi=110, sharey=True)
-    for ax, variant in zip(axes, VARIANTS):
+    for ax, variant in zip(axes, VARIANTS, strict=True):
         for (d, v, label, n), group in sorted(groups.items()):
             if d != dataset or v != variant or n != states:
                 continue
@@ -243,7 +244,7 @@ def plot_diagnostics(path: Path, dataset: str, groups: dict[tuple[str, str, str,
     """Per-iteration diagnostics of the state-only runs, one thin line per seed; False when there are none."""
     fig, axes = plt.subplots(1, len(DIAGNOSTICS), figsize=(11, 3.6), dpi=110)
     drawn = False
-    for ax, (metric, title) in zip(axes, DIAGNOSTICS.items()):
+    for ax, (metric, title) in zip(axes, DIAGNOSTICS.items(), strict=True):
         for i, ((d, v, label, n), group) in enumerate(sorted(groups.items())):
             if d != dataset or v != "state-only" or n != states:
                 continue
@@ -252,7 +253,7 @@ def plot_diagnostics(path: Path, dataset: str, groups: dict[tuple[str, str, str,
                 points = c.diagnostics.get(metric, ())
                 if points:
                     drawn = True
-                    ax.plot(*zip(*points), color=color, lw=0.8, alpha=0.8, label=label if j == 0 else None)
+                    ax.plot(*zip(*points, strict=True), color=color, lw=0.8, alpha=0.8, label=label if j == 0 else None)
         ax.set(title=title, xlabel="env steps")
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:

@@ -1,17 +1,23 @@
-"""Dataclass settings mirroring the sections of ``params.yaml`` and the CLI options.
+"""Dataclass settings mirroring the sections of ``params.yaml`` and the CLI options, validated here.
 
-Every stage reads its section from ``params.yaml`` (unknown or mistyped keys are errors naming
-the key); CLI options override single fields with :func:`override`.
+Every field has a type and, where it matters, a range (``_at_least``/``_above``/... beside its
+default). Each section checks its own fields in ``__post_init__``, which runs however the section was
+made: read from ``params.yaml`` (also after a DVC ``-S`` override), changed by a CLI option through
+:func:`override`, or built in Python. Checks that relate several fields (``learning_starts < steps``,
+BC needs actions) are in :func:`check`, run by a command once all its settings are final. Dataclasses
+rather than pydantic models: the sections stay plain frozen dataclasses that dacite fills from YAML,
+with the rules written beside the defaults.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, ClassVar, Literal, Optional
 
 import dacite
 import yaml
@@ -19,148 +25,252 @@ import yaml
 from smiling_pipeline.errors import UserError
 
 
+def _at_least(low: float, default: Any) -> Any:
+    return field(default=default, metadata={"min": low})
+
+
+def _above(low: float, default: Any) -> Any:
+    return field(default=default, metadata={"gt": low})
+
+
+def _within(low: float, high: float, default: Any, high_open: bool = False) -> Any:
+    return field(default=default, metadata={"min": low, ("lt" if high_open else "max"): high})
+
+
+def _nonempty(default: Any) -> Any:
+    return field(default=default, metadata={"nonempty": True})
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _type_ok(value: Any, hint: Any) -> bool:
+    """Whether ``value`` is of the field type ``hint`` (bool is not a number; ints are floats)."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is typing.Union:
+        return any(_type_ok(value, a) for a in args)
+    if origin is Literal:
+        return value in args
+    if origin is tuple:
+        return isinstance(value, tuple) and all(_type_ok(v, args[0]) for v in value)
+    if hint is type(None):
+        return value is None
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, hint)
+
+
+def _expected(hint: Any) -> str:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is typing.Union:
+        return " or ".join("null" if a is type(None) else _expected(a) for a in args)
+    if origin is Literal:
+        return "one of " + ", ".join(map(str, args))
+    if origin is tuple:
+        return f"a list of {_expected(args[0])}s"
+    return {int: "an integer", float: "a finite number", str: "a string", bool: "true or false"}.get(hint, str(hint))
+
+
+class _Section:
+    """Checks every field of a section against its type and its range when the section is made."""
+
+    section: ClassVar[str]
+
+    def __post_init__(self) -> None:
+        hints = typing.get_type_hints(type(self))
+        for f in dataclasses.fields(self):  # type: ignore[arg-type]
+            value, name = getattr(self, f.name), f"{self.section}.{f.name}"
+            if not _type_ok(value, hints[f.name]):
+                raise UserError(f"{name} must be {_expected(hints[f.name])}, got {_short(value)}")
+            items = value if isinstance(value, tuple) else (value,)
+            for v in (v for v in items if isinstance(v, (int, float))):
+                m = f.metadata
+                if ("min" in m and v < m["min"]) or ("gt" in m and v <= m["gt"]) or ("max" in m and v > m["max"]) \
+                        or ("lt" in m and v >= m["lt"]):
+                    bounds = [f">= {m['min']}" if "min" in m else f"> {m['gt']}" if "gt" in m else "",
+                              f"<= {m['max']}" if "max" in m else f"< {m['lt']}" if "lt" in m else ""]
+                    raise UserError(f"{name} must be {' and '.join(b for b in bounds if b)}, got {_short(value)}")
+            if f.metadata.get("nonempty") and isinstance(value, (str, tuple)) and not value:
+                raise UserError(f"{name} must not be empty")
+        self._check_more()
+
+    def _check_more(self) -> None:
+        """A section's own rule that a range cannot say (one field, or fields no option changes)."""
+
+
 @dataclass(frozen=True)
-class RuntimeConfig:
+class RuntimeConfig(_Section):
     """Where things live and how compute is used."""
+
+    section: ClassVar[str] = "runtime"
 
     minari_root: Optional[str] = None  # None: $MINARI_DATASETS_PATH, else ~/.minari/datasets
     workdir: Optional[str] = None  # stages write below this folder; None: data/<dataset id as a folder name>
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
-    threads: int = 1  # torch intra-op threads; one is fastest for small MLPs on CPU
+    device: str = _nonempty("auto")  # auto | cpu | cuda | cuda:N
+    threads: int = _at_least(1, 1)  # torch intra-op threads; one is fastest for small MLPs on CPU
     precision: Literal["auto", "float32", "bfloat16"] = "auto"  # score-model matmuls; auto: bfloat16 where native
 
+    def _check_more(self) -> None:
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device):
+            raise UserError(f"runtime.device must be auto, cpu, cuda or cuda:N, got {_short(self.device)}")
+
 
 @dataclass(frozen=True)
-class DemosConfig:
+class DemosConfig(_Section):
     """Make a local expert dataset: train an SB3 expert on the true reward, record with DataCollector."""
 
-    env_id: str = "InvertedPendulum-v5"
-    dataset_id: str = "smiling/invertedpendulum/expert-v0"
+    section: ClassVar[str] = "demos"
+
+    env_id: str = _nonempty("InvertedPendulum-v5")
+    dataset_id: str = "smiling/invertedpendulum/expert-v0"  # checked as a Minari id when used
     algorithm: Literal["sac", "ppo"] = "ppo"  # PPO is the quicker expert for the pendulums
-    expert_steps: int = 40_000
-    expert_net: tuple[int, ...] = (64, 64)
-    eval_every: int = 10_000  # evaluate the expert on the true reward every this many steps; the best is recorded
-    eval_episodes: int = 5
-    episodes: int = 10
-    random_episodes: int = 100
+    expert_steps: int = _at_least(1, 40_000)
+    expert_net: tuple[int, ...] = field(default=(64, 64), metadata={"min": 1, "nonempty": True})
+    eval_every: int = _at_least(1, 10_000)  # evaluate the expert on the true reward every this many steps; the best is recorded
+    eval_episodes: int = _at_least(1, 5)
+    episodes: int = _at_least(1, 10)
+    random_episodes: int = _at_least(1, 100)
     policy_path: Optional[str] = None  # an SB3 .zip (of `algorithm`) to record instead of training one
-    seed: int = 0
+    seed: int = _at_least(0, 0)
 
 
 @dataclass(frozen=True)
-class IngestConfig:
+class IngestConfig(_Section):
     """Turn a Minari dataset into the arrays the later stages read."""
 
-    dataset: str = "smiling/invertedpendulum/expert-v0"
-    num_states: Optional[int] = 5_000  # None: all (after subsampling)
-    every: int = 1  # keep every k-th step of each episode
-    max_episodes: Optional[int] = None
-    val_fraction: float = 0.1
+    section: ClassVar[str] = "ingest"
+
+    dataset: str = "smiling/invertedpendulum/expert-v0"  # checked as a Minari id when used
+    num_states: Optional[int] = _at_least(2, 5_000)  # None: all (after subsampling)
+    every: int = _at_least(1, 1)  # keep every k-th step of each episode
+    max_episodes: Optional[int] = _at_least(1, None)
+    val_fraction: float = _within(0, 1, 0.1, high_open=True)
     with_actions: bool = False  # state-action variant: also store the actions
-    seed: int = 0
+    seed: int = _at_least(0, 0)
 
 
 @dataclass(frozen=True)
-class ScoreConfig:
+class ScoreConfig(_Section):
     """Epsilon-prediction network and DDPM noise schedule (paper defaults)."""
 
-    hidden: int = 256
-    depth: int = 1
-    time_embed: int = 16
+    section: ClassVar[str] = "score"
+
+    hidden: int = _at_least(1, 256)
+    depth: int = _at_least(1, 1)  # hidden layers
+    time_embed: int = _at_least(2, 16)  # even
     linear: bool = False  # paper's ablation: no activations at all
-    num_timesteps: int = 5_000
+    num_timesteps: int = _at_least(2, 5_000)
     beta_schedule: Literal["linear", "cosine"] = "linear"
-    beta_start: float = 1e-4
-    beta_end: float = 0.02
-    min_signal: float = 0.01  # use t only while sqrt(alpha_bar_t) >= this (the informative range)
+    beta_start: float = _within(0, 1, 1e-4, high_open=True)
+    beta_end: float = _within(0, 1, 0.02, high_open=True)
+    min_signal: float = _within(0, 1, 0.01, high_open=True)  # use t only while sqrt(alpha_bar_t) >= this (the informative range)
     normalize: bool = True  # standardise inputs with the expert statistics ...
-    min_std: float = 0.1  # ... dividing by max(std, min_std): never magnify a feature more than 1/min_std
-    clip: Optional[float] = None  # then clip to [-clip, clip] (features constant in the expert data)
+    min_std: float = _above(0, 0.1)  # ... dividing by max(std, min_std): never magnify a feature more than 1/min_std
+
+    def _check_more(self) -> None:
+        if self.time_embed % 2:
+            raise UserError(f"score.time_embed must be even (sines and cosines), got {self.time_embed}")
+        if self.beta_start >= self.beta_end:
+            raise UserError(f"score.beta_start ({self.beta_start}) must be below score.beta_end ({self.beta_end})")
 
 
 @dataclass(frozen=True)
-class PretrainConfig:
+class PretrainConfig(_Section):
     """Denoising score matching of the expert score model."""
+
+    section: ClassVar[str] = "pretrain"
 
     # the held-out loss on the locomotion datasets stops improving near 20k steps (benchmarks/pretrain_length.py);
     # at 2k it is still ~0.01 above, as large as the reward differences training has to resolve
-    steps: int = 20_000
-    batch_size: int = 1_024
-    lr: float = 5e-3
-    weight_decay: float = 0.01
-    eval_every: int = 500
-    seed: int = 0
+    steps: int = _at_least(1, 20_000)
+    batch_size: int = _at_least(1, 1_024)
+    lr: float = _above(0, 5e-3)
+    weight_decay: float = _at_least(0, 0.01)
+    eval_every: int = _at_least(1, 500)
+    seed: int = _at_least(0, 0)
 
 
 @dataclass(frozen=True)
-class CostConfig:
+class CostConfig(_Section):
     """The SMILING reward estimator (see ``cost.py`` for why these defaults)."""
 
-    timesteps: int = 32  # K: stratified timesteps shared by a batch (reports/cost_estimator.md)
+    section: ClassVar[str] = "cost"
+
+    timesteps: int = _at_least(1, 32)  # K: stratified timesteps shared by a batch (reports/cost_estimator.md)
     antithetic: bool = True
     # run: one draw set for the whole run (each row's expert half computed once); refit: new draws at
     # every refit (both halves recomputed), so a row's estimation error varies over training
     draws: Literal["run", "refit"] = "run"
     reward_norm: Literal["batch", "none"] = "batch"
-    reward_std: float = 0.1
+    reward_std: float = _above(0, 0.1)
 
 
 @dataclass(frozen=True)
-class TrainConfig:
+class TrainConfig(_Section):
     """Iterative SMILING (or a baseline): RL on the imitation reward, reward model refit every iteration."""
+
+    section: ClassVar[str] = "train"
 
     algorithm: Literal["smiling", "dac", "bc"] = "smiling"
     rl: Literal["sac", "td3", "ddpg"] = "sac"  # the SB3 off-policy learner (smiling, dac)
-    steps: int = 12_000
-    iteration_steps: int = 1_000
-    learning_starts: int = 1_000
-    net: tuple[int, ...] = (64, 64)
-    batch_size: int = 256
-    lr: float = 3e-4
-    gamma: float = 0.99
+    steps: int = _at_least(2, 12_000)
+    iteration_steps: int = _at_least(1, 1_000)
+    learning_starts: int = _at_least(1, 1_000)
+    net: tuple[int, ...] = field(default=(64, 64), metadata={"min": 1, "nonempty": True})
+    batch_size: int = _at_least(1, 256)
+    lr: float = _above(0, 3e-4)
+    gamma: float = _within(0, 1, 0.99, high_open=True)
     # SAC temperature: learnable from 0.1 as in the paper; SB3's default start of 1.0 swamps rewards
     # normalised to std 0.1 for thousands of steps.
-    ent_coef: str = "auto_0.1"
+    ent_coef: str = _nonempty("auto_0.1")
     # What a fall (early termination in Hopper, Walker2d, ...) means to the learner. env: the episode
     # ends (value 0 after it); absorbing: it leads to an absorbing state with the batch's lowest reward
     # forever; ignore: train on the environment without early termination (evaluation unchanged).
     termination: Literal["env", "absorbing", "ignore"] = "env"
     reward_offset: float = 0.0  # added to every relabelled reward after normalisation (> 0: survival bonus)
-    learner_window: Optional[int] = 200_000  # learner states kept for the refit (None: all)
+    learner_window: Optional[int] = _at_least(2, 200_000)  # learner states kept for the refit (None: all)
     # AdamW steps per refit: 100 x 1,024 rows ~ the official one pass over 100k rows sampled with replacement
-    learner_fit_steps: int = 100
-    learner_batch_size: int = 1_024
-    learner_lr: float = 5e-3
-    eval_every: int = 1_000
-    eval_episodes: int = 5
-    checkpoint_every: int = 5_000
-    seed: int = 0
+    learner_fit_steps: int = _at_least(1, 100)
+    learner_batch_size: int = _at_least(1, 1_024)
+    learner_lr: float = _above(0, 5e-3)
+    eval_every: int = _at_least(1, 1_000)
+    eval_episodes: int = _at_least(1, 5)
+    checkpoint_every: int = _at_least(1, 5_000)
+    seed: int = _at_least(0, 0)
 
 
 @dataclass(frozen=True)
-class BaselinesConfig:
+class BaselinesConfig(_Section):
     """DAC (GAIL-style discriminator with gradient penalty) and behaviour cloning."""
 
+    section: ClassVar[str] = "baselines"
+
     # Defaults are the official baseline's (ziqian2000/SMILING config/alg/dac.yaml).
-    dac_hidden: int = 256  # one hidden layer, LeakyReLU
-    dac_lr: float = 5e-3  # AdamW
-    dac_gradient_penalty: float = 10.0
+    dac_hidden: int = _at_least(1, 256)  # one hidden layer, LeakyReLU
+    dac_lr: float = _above(0, 5e-3)  # AdamW
+    dac_gradient_penalty: float = _at_least(0, 10.0)
     # discriminator steps per refit at batch train.learner_batch_size: the official one epoch over
     # 100k (learner, expert) pairs at batch 1,024 is 98 steps
-    dac_fit_steps: int = 98
+    dac_fit_steps: int = _at_least(1, 98)
     dac_reward_norm: Literal["none", "batch"] = "none"  # official: normalize_reward false
     dac_standardize: bool = False  # official: raw inputs; true: standardise with the expert statistics
-    bc_steps: int = 5_000  # gradient steps on expert (state, action) pairs
-    bc_batch_size: int = 256
-    bc_lr: float = 1e-3
+    bc_steps: int = _at_least(1, 5_000)  # gradient steps on expert (state, action) pairs
+    bc_batch_size: int = _at_least(1, 256)
+    bc_lr: float = _above(0, 1e-3)
 
 
 @dataclass(frozen=True)
-class EvaluateConfig:
+class EvaluateConfig(_Section):
     """Final evaluation with the true environment reward."""
 
-    episodes: int = 10
-    seed: int = 10_000
+    section: ClassVar[str] = "evaluate"
+
+    episodes: int = _at_least(1, 10)
+    seed: int = _at_least(0, 10_000)
     video: bool = False
 
 
@@ -177,6 +287,15 @@ class Params:
     train: TrainConfig = field(default_factory=TrainConfig)
     baselines: BaselinesConfig = field(default_factory=BaselinesConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+
+
+def check(p: Params) -> None:
+    """Rules between settings, checked by a command once its options are applied (a CLI option may
+    repair what ``params.yaml`` alone would break, so these are not checked while sections are made)."""
+    if p.train.learning_starts >= p.train.steps:
+        raise UserError(f"train.learning_starts ({p.train.learning_starts}) must be below train.steps ({p.train.steps})")
+    if p.train.algorithm == "bc" and not p.ingest.with_actions:
+        raise UserError("BC needs expert actions: ingest with --with-actions (or ingest.with_actions: true)")
 
 
 class _Bool:
@@ -212,6 +331,8 @@ def params_from_dict(raw: dict[str, Any], source: str = "params") -> Params:
     _check_keys(raw, source)
     try:
         return dacite.from_dict(Params, raw, config=_DACITE)
+    except UserError as e:  # a section's own check
+        raise UserError(f"{source}: {e}") from None
     except dacite.WrongTypeError as e:
         raise UserError(f"{source}: '{e.field_path}' must be {_type_name(e.field_type)}, got {e.value!r}") from e
     except dacite.DaciteError as e:

@@ -15,16 +15,18 @@ import shutil
 import socket
 import tempfile
 import warnings
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Optional
 from urllib.parse import urlparse
 
 import gymnasium as gym
 import numpy as np
 
 from smiling_pipeline.config import DemosConfig
+from smiling_pipeline.envs import Policy, check_box_spaces, env_name, random_policy, rollout_returns
 from smiling_pipeline.errors import DatasetNotFound, UserError
 from smiling_pipeline.io import write_json
 
@@ -181,14 +183,6 @@ def load_dataset(dataset_id: str) -> Any:
         raise UserError(f"cannot read dataset {dataset_id} in {minari_root()}: {str(e).splitlines()[0]}") from e
 
 
-def check_box_spaces(env_or_dataset: Any, what: str) -> None:
-    """Only flat Box observation and action spaces are supported."""
-    for name in ("observation_space", "action_space"):
-        space = getattr(env_or_dataset, name)
-        if not isinstance(space, gym.spaces.Box) or len(space.shape) != 1:
-            raise UserError(f"{what}: {name} is {space}; only flat Box spaces are supported")
-
-
 # --- making a local expert dataset -------------------------------------------------------------
 
 
@@ -204,7 +198,6 @@ class DemosResult:
     random_return: float
 
 
-Policy = Callable[[np.ndarray], np.ndarray]
 
 
 def _algorithm(name: str) -> Any:
@@ -255,30 +248,9 @@ def load_expert(path: str, algorithm: str, env: gym.Env, device: str) -> Any:
     if model.observation_space.shape != env.observation_space.shape or model.action_space.shape != env.action_space.shape:
         raise UserError(
             f"expert policy {path} expects obs {model.observation_space.shape} / actions {model.action_space.shape}, "
-            f"but {env.spec.id} has {env.observation_space.shape} / {env.action_space.shape}"
+            f"but {env_name(env)} has {env.observation_space.shape} / {env.action_space.shape}"
         )
     return model
-
-
-def rollout_returns(env: gym.Env, policy: Policy, episodes: int, seed: int, desc: str) -> np.ndarray:
-    """Undiscounted returns of ``episodes`` episodes of ``policy`` (progress bar)."""
-    from tqdm.auto import tqdm
-
-    returns = np.zeros(episodes)
-    for ep in tqdm(range(episodes), desc=desc, unit="ep", leave=False):
-        obs, _ = env.reset(seed=seed + ep)
-        done = False
-        while not done:
-            obs, reward, terminated, truncated, _ = env.step(policy(obs))
-            returns[ep] += float(reward)
-            done = terminated or truncated
-    return returns
-
-
-def random_policy(env: gym.Env, seed: int) -> Policy:
-    """Uniform random actions, seeded."""
-    env.action_space.seed(seed)
-    return lambda _obs: env.action_space.sample()
 
 
 @contextmanager
@@ -305,8 +277,6 @@ def make_demos(cfg: DemosConfig, root: Path, workdir: Path, device: str, force: 
         raise UserError(f"--dataset-id {cfg.dataset_id!r} needs a version, e.g. {cfg.dataset_id}-v0")
     if cfg.dataset_id.startswith("mujoco/") or cfg.dataset_id.startswith("D4RL/"):
         raise UserError(f"{cfg.dataset_id!r} would masquerade as an official Minari dataset; use your own namespace")
-    if cfg.episodes < 1:
-        raise UserError("--episodes must be at least 1")
     target = root / cfg.dataset_id
     if target.exists() and not force:
         raise UserError(f"dataset {cfg.dataset_id} already exists in {root}; pass --force to replace it")

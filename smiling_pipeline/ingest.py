@@ -21,16 +21,18 @@ import dataclasses
 import hashlib
 import json
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Optional, cast
 
 import gymnasium as gym
 import numpy as np
 from tqdm.auto import tqdm
 
 from smiling_pipeline.config import IngestConfig, as_dict
-from smiling_pipeline.demos import check_box_spaces, load_dataset, resolve_dataset
+from smiling_pipeline.demos import load_dataset, resolve_dataset
+from smiling_pipeline.envs import check_box_spaces, env_name
 from smiling_pipeline.errors import DataError, UserError
 from smiling_pipeline.io import atomic_dir, write_json
 
@@ -116,7 +118,7 @@ def _check_shapes(dataset: Any, obs_shape: tuple[int, ...], act_shape: tuple[int
     if env.observation_space.shape != declared_obs or env.action_space.shape != declared_act:
         raise DataError(
             f"{dataset_id}: observations {declared_obs} / actions {declared_act} do not match its environment "
-            f"{env.spec.id} ({env.observation_space.shape} / {env.action_space.shape})"
+            f"{env_name(env)} ({env.observation_space.shape} / {env.action_space.shape})"
         )
     env.close()
 
@@ -213,20 +215,8 @@ def content_hash(arrays: dict[str, np.ndarray]) -> str:
     for name in sorted(arrays):
         a = np.ascontiguousarray(arrays[name])
         h.update(f"{name}:{a.dtype}:{a.shape}".encode())
-        h.update(memoryview(a.reshape(-1)).cast("B"))  # the same bytes as a.tobytes(), without the copy
+        h.update(a.reshape(-1).data.cast("B"))  # the same bytes as a.tobytes(), without the copy
     return h.hexdigest()
-
-
-def validate(cfg: IngestConfig) -> None:
-    """Options out of range are user errors."""
-    if cfg.every < 1:
-        raise UserError("--every must be at least 1")
-    if cfg.num_states is not None and cfg.num_states < 2:
-        raise UserError("--num-states must be at least 2")
-    if cfg.max_episodes is not None and cfg.max_episodes < 1:
-        raise UserError("--max-episodes must be at least 1")
-    if not 0.0 <= cfg.val_fraction < 1.0:
-        raise UserError("--val-fraction must be in [0, 1)")
 
 
 # --- streaming ingestion ----------------------------------------------------------------------
@@ -311,7 +301,6 @@ def _gather(dataset: Any, indices: np.ndarray, cfg: IngestConfig, steps: np.ndar
 
 def ingest(cfg: IngestConfig, out_dir: Path) -> dict[str, Any]:
     """Resolve, read, check, split and write; returns the metadata written to ``meta.json``."""
-    validate(cfg)
     dataset_id = resolve_dataset(cfg.dataset)
     dataset = load_dataset(dataset_id)
     check_box_spaces(dataset, dataset_id)
@@ -354,9 +343,17 @@ def ingest(cfg: IngestConfig, out_dir: Path) -> dict[str, Any]:
     }
     save = np.savez_compressed if sum(a.nbytes for a in arrays.values()) <= COMPRESS_MAX_BYTES else np.savez
     with atomic_dir(out_dir) as tmp:
-        save(tmp / "expert.npz", **arrays)
+        save(tmp / "expert.npz", **cast(dict[str, Any], arrays))
         write_json(tmp / "meta.json", meta)
     return meta
+
+
+def env_id_of(meta: dict[str, Any]) -> str:
+    """The environment of an ingested dataset; refused when it has none (training and evaluation run it)."""
+    if meta.get("env_id") is None:
+        raise UserError(f"dataset {meta['dataset_id']} has no environment spec; pretrain works without one, "
+                        "but train and evaluate need the environment")
+    return str(meta["env_id"])
 
 
 def load_expert_data(ingest_dir: Path) -> ExpertData:

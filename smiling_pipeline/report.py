@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import csv
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import matplotlib
 
@@ -24,7 +25,7 @@ def plot_curves(path: Path, title: str, xlabel: str, ylabel: str, curves: dict[s
     fig, ax = plt.subplots(figsize=(6, 3.6), dpi=110)
     for label, points in curves.items():
         if points:
-            xs, ys = zip(*points)
+            xs, ys = zip(*points, strict=True)
             ax.plot(xs, ys, marker="o" if len(xs) < 30 else None, ms=3, label=label)
     if hline is not None:
         ax.axhline(hline, color="grey", ls="--", lw=1)

@@ -14,19 +14,23 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import gymnasium as gym
 import numpy as np
 import torch
+from stable_baselines3 import DDPG, SAC, TD3
+from stable_baselines3 import __version__ as sb3_version
 from stable_baselines3.common.buffers import ReplayBuffer
-from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.type_aliases import ReplayBufferSamples
 
 from smiling_pipeline.config import CostConfig, TrainConfig
 from smiling_pipeline.cost import Draws, draw, grid_terms, model_errors, normalize_rewards
 from smiling_pipeline.errors import UserError
 from smiling_pipeline.score import FitSettings, GridTerms, ScoreModel, fit
+
+ALGORITHMS: dict[str, Any] = {"sac": SAC, "td3": TD3, "ddpg": DDPG}  # SB3 off-policy learners, by ``train.rl``
+
 
 def score_inputs(obs: torch.Tensor, actions: torch.Tensor, action_space: Optional[gym.spaces.Box]) -> torch.Tensor:
     """Rows the score models see: states, or [state, env action] when ``action_space`` is given.
@@ -174,6 +178,7 @@ class SmilingReplayBuffer(ReplayBuffer):
         self._cache_version = np.full(self.buffer_size, -1, dtype=np.int64)
         self._fixed = np.zeros(self.buffer_size, dtype=np.float32)  # RewardModel.fixed_part of each row
         self._fixed_version = np.full(self.buffer_size, -1, dtype=np.int64)  # RewardModel.fixed_version of it
+        self.relabelled = 0  # batches sampled through :meth:`_get_samples` (see :func:`check_relabelling`)
 
     def __getstate__(self) -> dict[str, Any]:
         """Pickle (``save_replay_buffer``) without the score models: they are saved on their own."""
@@ -193,6 +198,7 @@ class SmilingReplayBuffer(ReplayBuffer):
 
     def _get_samples(self, batch_inds: np.ndarray, env: Any = None) -> ReplayBufferSamples:
         samples = super()._get_samples(batch_inds, env)
+        self.relabelled += 1
         r = torch.as_tensor(self.rewards_at(batch_inds), device=samples.rewards.device)
         r = normalize_rewards(r, self._model().cfg).reshape(-1, 1) + self.reward_offset
         if self.absorbing_gamma is not None:
@@ -236,6 +242,27 @@ class SmilingReplayBuffer(ReplayBuffer):
         return self._rows(self.newest(window), on_device=False).float().numpy()
 
 
+def attach(model: Any, reward_model: RewardModel, cfg: TrainConfig) -> SmilingReplayBuffer:
+    """Point an SB3 learner's relabelling buffer at ``reward_model`` with the run's fall handling."""
+    buffer = model.replay_buffer
+    if not isinstance(buffer, SmilingReplayBuffer):
+        raise TypeError(f"{type(model).__name__} must be built with replay_buffer_class=SmilingReplayBuffer")
+    buffer.reward_model = reward_model
+    buffer.reward_offset = cfg.reward_offset
+    buffer.absorbing_gamma = cfg.gamma if cfg.termination == "absorbing" else None
+    return buffer
+
+
+def check_relabelling(model: Any) -> None:
+    """Fail loudly if SB3 trained without sampling through :meth:`SmilingReplayBuffer._get_samples`
+    (a private hook): the learner would be optimising the environment's reward."""
+    buffer = model.replay_buffer
+    if model._n_updates > 0 and buffer.relabelled == 0:
+        raise RuntimeError(f"stable-baselines3 {sb3_version} made {model._n_updates} updates without sampling "
+                           "through SmilingReplayBuffer._get_samples, so no reward was relabelled; "
+                           "this SB3 version is not supported")
+
+
 @dataclass
 class IterationStats:
     """What one reward refit produced (logged per iteration)."""
@@ -257,32 +284,19 @@ def correlation(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.corrcoef(a, b)[0, 1])
 
 
-class RewardRefit(BaseCallback):
-    """Every ``iteration_steps`` env steps (from ``learning_starts`` on), refit the reward model on the
-    learner's rows (all of them, or the newest ``learner_window``)."""
+class LearnerRefit:
+    """Step (b) of Algorithm 1: refit the reward model on the learner's rows (all of them, or the
+    newest ``learner_window``) and report what the new reward says."""
 
-    def __init__(self, reward_model: RewardModel, cfg: TrainConfig, expert_val: np.ndarray,
-                 on_iteration: Optional[Callable[[IterationStats], None]] = None):
-        super().__init__()
+    def __init__(self, reward_model: RewardModel, cfg: TrainConfig, expert_val: np.ndarray):
         self.reward_model = reward_model
         self.cfg = cfg
         self.expert_val = torch.as_tensor(expert_val[:2048], dtype=torch.float32)
         self._expert_val_fixed: tuple[int, Optional[torch.Tensor]] = (-1, None)  # (fixed_version, their fixed part)
-        self.on_iteration = on_iteration
         self.iteration = 0
 
-    def due(self, steps: int) -> bool:
-        start = self.cfg.learning_starts
-        return steps >= start and (steps - start) % self.cfg.iteration_steps == 0
-
-    def _on_step(self) -> bool:
-        if self.due(self.num_timesteps):
-            self.refit()
-        return True
-
-    def refit(self) -> IterationStats:
+    def __call__(self, buffer: SmilingReplayBuffer, env_steps: int) -> IterationStats:
         """Refit on the stored learner rows (the model bumps its version), report statistics."""
-        buffer: SmilingReplayBuffer = self.model.replay_buffer  # type: ignore[assignment]
         rows = buffer.learner_rows(self.cfg.learner_window)
         loss = self.reward_model.refit(rows, self.cfg, self.iteration)
         self.iteration += 1
@@ -290,14 +304,11 @@ class RewardRefit(BaseCallback):
             self._expert_val_fixed = (self.reward_model.fixed_version, self.reward_model.fixed_part(self.expert_val))
         newest = buffer.newest(2048)
         learner = buffer.rewards_at(newest)  # through the buffer's cache: then known for the new version
-        stats = IterationStats(
+        return IterationStats(
             iteration=self.iteration,
-            env_steps=self.num_timesteps,
+            env_steps=env_steps,
             refit_loss=loss,
             reward_mean_expert=float(self.reward_model.rewards(self.expert_val, self._expert_val_fixed[1]).mean()),
             reward_mean_learner=float(learner.mean()),
             reward_true_corr=correlation(learner, buffer.rewards[newest, 0]),
         )
-        if self.on_iteration:
-            self.on_iteration(stats)
-        return stats

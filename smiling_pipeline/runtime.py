@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import random
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from smiling_pipeline.errors import UserError
@@ -58,13 +56,4 @@ def dtype_name(dtype: torch.dtype) -> str:
 
 def set_threads(threads: int) -> None:
     """Torch intra-op threads (one beats two for the small MLPs here)."""
-    if threads < 1:
-        raise UserError("runtime.threads must be at least 1")
     torch.set_num_threads(threads)
-
-
-def seed_everything(seed: int) -> None:
-    """Python, NumPy and torch RNGs."""
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)

@@ -8,10 +8,12 @@ saved or MLflow-logged model is all the cost needs. Training is plain denoising 
 
 from __future__ import annotations
 
+import hashlib
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Optional, cast
 
 import numpy as np
 import torch
@@ -19,7 +21,6 @@ from torch import nn
 
 from smiling_pipeline.config import ScoreConfig, as_dict
 from smiling_pipeline.errors import DataError, UserError
-
 
 # Where bfloat16 pays (benchmarks/, 2026-11-25): from input dimension 32 (below, fitting under autocast
 # is slower, 3.8 vs 3.5 ms per step at d = 17, and converting the reward's activations costs what the
@@ -77,6 +78,11 @@ class ScoreModel(nn.Module):
     ``linear=True`` removes every activation (the paper's ablation).
     """
 
+    mean: torch.Tensor  # buffers: input normalisation and the noise schedule
+    std: torch.Tensor
+    sqrt_ab: torch.Tensor
+    sqrt_1mab: torch.Tensor
+
     def __init__(self, dim: int, cfg: ScoreConfig, mean: Optional[np.ndarray] = None, std: Optional[np.ndarray] = None):
         super().__init__()
         if dim < 1:
@@ -97,7 +103,7 @@ class ScoreModel(nn.Module):
         self.net = nn.Sequential(*layers)
         use_stats = cfg.normalize and mean is not None and std is not None
         self.register_buffer("mean", torch.as_tensor(mean if use_stats else np.zeros(dim), dtype=torch.float32))
-        scale = np.maximum(std, cfg.min_std) if use_stats else np.ones(dim)
+        scale = np.maximum(std, cfg.min_std) if use_stats and std is not None else np.ones(dim)
         self.register_buffer("std", torch.as_tensor(scale, dtype=torch.float32))
         abar = alphas_bar(cfg)
         self.register_buffer("sqrt_ab", abar.sqrt().float())
@@ -109,16 +115,24 @@ class ScoreModel(nn.Module):
         temb = self.time_mlp(timestep_embedding(t, self.cfg.time_embed))
         return self.net(torch.cat([x_t, temb], dim=-1))
 
+    @property
+    def _first(self) -> nn.Linear:
+        return cast(nn.Linear, self.net[0])
+
+    @property
+    def _last(self) -> nn.Linear:
+        return cast(nn.Linear, self.net[-1])
+
     @torch.inference_mode()
     def grid_terms(self, t: torch.Tensor, eps: torch.Tensor, dtype: torch.dtype = torch.float32) -> GridTerms:
         """The per-draw parts of :meth:`grid_errors` for timesteps ``t`` (K,) and noise ``eps`` (K, d):
         they depend only on the draws and the weights, so a caller that keeps both can reuse them.
         ``dtype``: what the output layer's matmul runs in (bfloat16: about 2x where it is native)."""
-        first = self.net[0]
+        first = self._first
         wx, wt = first.weight[:, : self.dim], first.weight[:, self.dim :]
         temb = self.time_mlp(timestep_embedding(t, self.cfg.time_embed))
         per_t = (self.sqrt_1mab[t, None] * eps) @ wx.T + temb @ wt.T + first.bias
-        return GridTerms(self.sqrt_ab[t], per_t, (self.net[-1].bias - eps).T[:, :, None], self.net[-1].weight.to(dtype))
+        return GridTerms(self.sqrt_ab[t], per_t, (self._last.bias - eps).T[:, :, None], self._last.weight.to(dtype))
 
     @torch.inference_mode()
     def grid_errors(self, x0: torch.Tensor, terms: GridTerms, chunk_bytes: int = 2 << 20) -> torch.Tensor:
@@ -133,14 +147,14 @@ class ScoreModel(nn.Module):
         runs in the dtype of ``terms.weight`` where that pays (``NARROW_MIN_DIM``, ``NARROW_MIN_MACS``);
         everything else in float32. Inference only.
         """
-        per_row = x0 @ self.net[0].weight[:, : self.dim].T  # (B, H)
+        per_row = x0 @ self._first.weight[:, : self.dim].T  # (B, H)
         (n, width), k = per_row.shape, len(terms.signal)
         pairs = max(1, chunk_bytes // (4 * (width + self.dim)))
         rows = max(1, min(n, pairs))
         step = max(1, pairs // rows)
         low = (terms.weight.dtype != x0.dtype and self.dim >= NARROW_MIN_DIM
                and min(n * k, pairs) * width * self.dim >= NARROW_MIN_MACS)
-        weight = terms.weight if low else self.net[-1].weight
+        weight = terms.weight if low else self._last.weight
         hidden = x0.new_empty(step * rows * width)
         narrow = x0.new_empty(step * rows * width, dtype=weight.dtype) if low else None
         product = x0.new_empty(step * rows * self.dim, dtype=weight.dtype)
@@ -164,7 +178,7 @@ class ScoreModel(nn.Module):
 
     def _hidden_layers(self, h: torch.Tensor) -> torch.Tensor:
         """``net`` between the first and the output layer, activations applied in place (inference only)."""
-        for layer in self.net[1:-1]:
+        for layer in list(self.net)[1:-1]:
             if isinstance(layer, nn.LeakyReLU):
                 nn.functional.leaky_relu_(h, layer.negative_slope)
             elif not isinstance(layer, nn.Identity):
@@ -172,9 +186,8 @@ class ScoreModel(nn.Module):
         return h
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
-        """Raw inputs (any float dtype, any device) -> the normalised (and optionally clipped) space the model diffuses."""
-        z = (x.to(self.mean) - self.mean) / self.std
-        return z if self.cfg.clip is None else z.clamp(-self.cfg.clip, self.cfg.clip)
+        """Raw inputs (any float dtype, any device) -> the normalised space the model diffuses."""
+        return (x.to(self.mean) - self.mean) / self.std
 
     def diffuse(self, x0: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
         """Forward process ``x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps`` (normalised x_0)."""
@@ -187,7 +200,7 @@ class ScoreModel(nn.Module):
         eps = torch.randn(x0.shape, device=x0.device, generator=generator)
         return ((self(self.diffuse(x0, t, eps), t) - eps) ** 2).mean()
 
-    def fresh_copy(self) -> "ScoreModel":
+    def fresh_copy(self) -> ScoreModel:
         """Same architecture and statistics, new weights (e.g. the learner model at the start)."""
         copy = ScoreModel(self.dim, self.cfg).to(self.mean.device)
         copy.mean.copy_(self.mean)
@@ -292,14 +305,31 @@ def fit_score_model(
     seed: int = 0,
     device: str | torch.device = "cpu",
     val: Optional[np.ndarray] = None,
+    like: Optional[ScoreModel] = None,
 ) -> ScoreModel:
-    """Public API: fit a score model on the rows of ``x`` (normalised with their own statistics)."""
+    """Public API: fit a score model on the rows of ``x``, normalised with their own statistics, or with
+    those of ``like`` (its config too): a learner model for :func:`cost.reward` must share the expert's."""
     x = np.asarray(x, dtype=np.float32)
     _check_rows(x, "x")
     torch.manual_seed(seed)
-    model = ScoreModel(x.shape[1], cfg, x.mean(0), x.std(0)).to(device)
+    if like is not None:
+        if like.dim != x.shape[1]:
+            raise DataError(f"x has {x.shape[1]} columns but the model given as like= has dim {like.dim}")
+        model = like.fresh_copy().to(device)
+    else:
+        model = ScoreModel(x.shape[1], cfg, x.mean(0), x.std(0)).to(device)
     fit(model, x, FitSettings(steps=steps, batch_size=batch_size, lr=lr), seed=seed, val=val)
     return model
+
+
+def weights_hash(model: torch.nn.Module) -> str:
+    """SHA-256 of a model's parameters and buffers (names, shapes, values): which model it is."""
+    h = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        value = tensor.detach().cpu().contiguous()
+        h.update(f"{name}:{tuple(value.shape)}:{value.dtype}".encode())
+        h.update(value.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
 
 
 def save_model(model: ScoreModel, path: Path, extra: Optional[dict[str, Any]] = None) -> None:

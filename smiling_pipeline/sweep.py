@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import fcntl
 import itertools
+import logging
 import os
 import shutil
 import signal
@@ -26,7 +27,9 @@ import yaml
 from smiling_pipeline.config import as_dict, load_params, params_from_dict
 from smiling_pipeline.errors import UserError
 from smiling_pipeline.io import atomic_dir, check_writable, write_json
+from smiling_pipeline.tracking import git_commit
 
+log = logging.getLogger(__name__)
 VARIANT_SHORT = {"state-only": "so", "state-action": "sa"}
 
 
@@ -91,7 +94,7 @@ def cells(sweep: SweepConfig, base: dict[str, Any]) -> list[Cell]:
             label = f"-{grid.label}" if grid.label else ""
             name = (f"{sweep.name}-{short}-{algorithm}-{VARIANT_SHORT[variant]}{label}"
                     f"{f'-n{states}' if states else ''}-s{seed}")
-            _check(overrides, base, f"sweep cell {name}")
+            _merge(overrides, base, f"sweep cell {name}")  # a typo fails before anything runs
             out[name] = Cell(name, overrides)
     if not out:
         raise UserError("the sweep has no cells; check its grids")
@@ -108,10 +111,6 @@ def _merge(overrides: dict[str, Any], base: dict[str, Any], source: str) -> dict
         merged[section][name] = value
     params_from_dict(merged, source)
     return merged
-
-
-def _check(overrides: dict[str, Any], base: dict[str, Any], source: str) -> None:
-    _merge(overrides, base, source)
 
 
 def queue(sweep_file: Path, params_file: Optional[Path], jobs: int, start: bool, dry_run: bool) -> list[Cell]:
@@ -135,10 +134,10 @@ def queue(sweep_file: Path, params_file: Optional[Path], jobs: int, start: bool,
 
 def _dvc(args: list[str]) -> None:
     """Run a dvc command; output goes to a file, since queue workers inherit (and would hold open) a pipe."""
-    with tempfile.TemporaryFile("w+") as log:
-        code = subprocess.run(args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL).returncode
-        log.seek(0)
-        lines = log.read().strip().splitlines()
+    with tempfile.TemporaryFile("w+") as out:
+        code = subprocess.run(args, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL).returncode
+        out.seek(0)
+        lines = out.read().strip().splitlines()
     if code != 0:
         raise UserError(f"`{' '.join(args[1:4])} ...` failed: {lines[-1] if lines else f'exit code {code}'}")
 
@@ -174,12 +173,7 @@ def _collect(cell: Cell, folder: Path, results: Path, wall_time: float) -> None:
         for name in RECORDS:
             shutil.copy2(folder / "train_metrics" / name, tmp / name)
         write_json(tmp / "cell.json", {"name": cell.name, "overrides": cell.overrides, "wall_time_s": round(wall_time, 1),
-                                       "commit": _commit()})
-
-
-def _commit() -> str:
-    out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
-    return out.stdout.strip() or "unknown"
+                                       "commit": git_commit()})
 
 
 def _interrupt(signum: int, frame: Any) -> None:
@@ -199,7 +193,7 @@ def _claim(folder: Path) -> Optional[IO[str]]:
 
 
 def run_local(sweep_file: Path, params_file: Optional[Path], jobs: int, runs: Path, results: Path,
-              dry_run: bool = False, echo: Any = print) -> list[Cell]:
+              dry_run: bool = False) -> list[Cell]:
     """Run the cells whose records are not yet in ``results`` as ``smiling-cli train`` processes, ``jobs``
     at a time, each in ``runs/<cell>`` (resumed from its checkpoint when one is there); each finished
     cell's records go to ``results/<cell>`` at once, so an interrupted sweep continues where it stopped."""
@@ -210,7 +204,8 @@ def run_local(sweep_file: Path, params_file: Optional[Path], jobs: int, runs: Pa
         return todo
     check_writable(runs)
     check_writable(results)
-    pending, active, failed = list(todo), {}, []
+    pending, failed = list(todo), []
+    active: dict[subprocess.Popen, tuple[Cell, Path, float, IO[str], IO[str]]] = {}
     previous = signal.signal(signal.SIGTERM, _interrupt)  # a terminated sweep stops its cells too
     try:
         while pending or active:
@@ -219,36 +214,36 @@ def run_local(sweep_file: Path, params_file: Optional[Path], jobs: int, runs: Pa
                 if (results / cell.name / "metrics.json").is_file():
                     continue  # finished meanwhile by another sweep process
                 params = _cell_params(cell, base, runs.resolve())
-                lock = _claim(params.parent)
-                if lock is None:
-                    echo(f"skipped {cell.name}: another sweep process is running it")
+                claimed = _claim(params.parent)
+                if claimed is None:
+                    log.info(f"skipped {cell.name}: another sweep process is running it")
                     continue
                 resume = ["--resume"] if (params.parent / "train" / "checkpoint" / "state.pt").is_file() else []
-                log = open(params.parent / "train.log", "a")
+                output = open(params.parent / "train.log", "a")
                 env = {**os.environ, "SMILING_SWEEP_CELL": cell.name}
                 proc = subprocess.Popen([sys.executable, "-m", "smiling_pipeline.cli", "train", "--params", str(params),
-                                         *resume], stdout=log,
+                                         *resume], stdout=output,
                                         stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
-                active[proc] = (cell, params.parent, time.monotonic(), log, lock)
-                echo(f"started {cell.name}{' (resumed)' if resume else ''}: log {params.parent / 'train.log'}")
+                active[proc] = (cell, params.parent, time.monotonic(), output, claimed)
+                log.info(f"started {cell.name}{' (resumed)' if resume else ''}: log {params.parent / 'train.log'}")
             time.sleep(1.0)
             for proc in [p for p in active if p.poll() is not None]:
-                cell, folder, started, log, lock = active.pop(proc)
-                log.close()
+                cell, folder, started, done_output, lock = active.pop(proc)
+                done_output.close()
                 if proc.returncode == 0:
                     _collect(cell, folder, results, time.monotonic() - started)
-                    echo(f"finished {cell.name} in {(time.monotonic() - started) / 60:.1f} min")
+                    log.info(f"finished {cell.name} in {(time.monotonic() - started) / 60:.1f} min")
                 else:
                     failed.append(cell.name)
-                    echo(f"FAILED {cell.name} (exit {proc.returncode}): see {folder / 'train.log'}")
+                    log.error(f"FAILED {cell.name} (exit {proc.returncode}): see {folder / 'train.log'}")
                 lock.close()
     finally:
         for proc in active:  # Ctrl-C: stop the running cells; their checkpoints let a rerun continue
             proc.terminate()
-        for proc, (_, _, _, log, lock) in active.items():
+        for proc, (_, _, _, cell_output, cell_lock) in active.items():
             proc.wait()
-            log.close()
-            lock.close()
+            cell_output.close()
+            cell_lock.close()
         signal.signal(signal.SIGTERM, previous)
     if failed:
         raise UserError(f"{len(failed)} of {len(todo)} cells failed ({', '.join(failed)}); their logs are in {runs}")

@@ -11,9 +11,10 @@ from __future__ import annotations
 import fcntl
 import os
 import subprocess
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Optional
 from urllib.parse import urlparse
 
 from smiling_pipeline.errors import UserError
@@ -57,7 +58,8 @@ def check_store(uri: str, timeout: float = 3.0) -> None:
         raise UserError(f"MLflow file stores are deprecated; use sqlite:///path/mlflow.db instead of {uri}")
 
 
-def _git_commit() -> str:
+def git_commit() -> str:
+    """The checked-out commit of the repository, or ``unknown``."""
     try:
         return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
                               cwd=repo_root()).stdout.strip() or "unknown"
@@ -94,21 +96,38 @@ def experiment_id(dataset_id: str) -> str:
         return mlflow.create_experiment(dataset_id, artifact_location=location)
 
 
+def run_tags(extra: dict[str, Any]) -> dict[str, str]:
+    """A stage's tags as strings, plus the DVC experiment or sweep cell that launched it."""
+    tags = {k: str(v) for k, v in extra.items()}
+    if os.environ.get("DVC_EXP_NAME"):
+        tags["dvc_exp"] = os.environ["DVC_EXP_NAME"]
+    if os.environ.get("SMILING_SWEEP_CELL"):  # set by `smiling-cli sweep --backend local`
+        tags["sweep_cell"] = os.environ["SMILING_SWEEP_CELL"]
+    return tags
+
+
 @contextmanager
 def run(stage: str, dataset_id: str, params: dict[str, Any], tags: Optional[dict[str, str]] = None,
         run_id: Optional[str] = None) -> Iterator[Any]:
     """An MLflow run of ``stage`` on ``dataset_id`` with the settings as params and standard tags.
 
-    A failed stage ends its run as FAILED, so the UI never shows a half-finished run as finished.
+    A stage that fails ends its run as FAILED with the error's first line in the tag ``error`` (KILLED
+    when interrupted), so the UI never shows a half-finished run as finished or running.
     """
     import mlflow
 
     exp = experiment_id(dataset_id)
-    all_tags = {"stage": stage, "dataset": dataset_id, "git_commit": _git_commit(), **(tags or {})}
+    all_tags = {"stage": stage, "dataset": dataset_id, "git_commit": git_commit(), **(tags or {})}
     with mlflow.start_run(experiment_id=exp, run_id=run_id, run_name=None if run_id else stage, tags=all_tags) as active:
-        if run_id is None:
-            mlflow.log_params(_flatten(params))
-        yield active
+        try:
+            if run_id is None:
+                mlflow.log_params(_flatten(params))
+            yield active
+        except BaseException as e:
+            mlflow.set_tag("error", (f"{type(e).__name__}: {e}".splitlines() or [type(e).__name__])[0][:500])
+            if isinstance(e, KeyboardInterrupt):
+                mlflow.end_run("KILLED")
+            raise
 
 
 def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:

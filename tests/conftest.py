@@ -178,3 +178,11 @@ def recorded(tmp_path_factory: pytest.TempPathFactory) -> dict:
                        "--expert-steps", "40000", "--episodes", str(DEMOS_EPISODES), "--random-episodes", "20",
                        "--device", "cpu", "--workdir", workdir, "--seed", "0"])
     return {"run": run, "store": store, "workdir": workdir}
+
+
+@pytest.fixture
+def store(recorded, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The recorded expert dataset's Minari store, as this test's store."""
+    assert recorded["run"].exit_code == 0, recorded["run"].output
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(recorded["store"]))
+    return recorded["store"]

@@ -150,7 +150,7 @@ def test_refuses_to_overwrite_without_force(monkeypatch, tmp_path):
         (["--dataset-id", "bad id-v0"], ("malformed",)),
         (["--env", "NoSuchEnv-v0"], ("NoSuchEnv-v0",)),
         (["--env", "CartPole-v1"], ("CartPole-v1", "Box")),
-        (["--algorithm", "dqn"], ("--algorithm", "dqn")),
+        (["--algorithm", "dqn"], ("algorithm", "dqn")),
         (["--policy", "missing.zip"], ("missing.zip", "not found")),
     ],
 )

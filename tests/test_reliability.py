@@ -43,13 +43,6 @@ def outputs(workdir: Path) -> dict[str, str]:
 
 
 @pytest.fixture
-def store(recorded, monkeypatch):
-    assert recorded["run"].exit_code == 0, recorded["run"].output
-    monkeypatch.setenv("MINARI_DATASETS_PATH", str(recorded["store"]))
-    return recorded["store"]
-
-
-@pytest.fixture
 def pretrained(store, tmp_path) -> Path:
     """A workdir with ingested data and a pretrained expert model (shared start of every run below)."""
     p = params(tmp_path / "p.yaml")

@@ -18,7 +18,7 @@ import yaml
 
 from conftest import DEMOS_DATASET, make_dataset, run_cli
 from smiling_pipeline.config import CostConfig, ScoreConfig, TrainConfig
-from smiling_pipeline.rl import RewardRefit, SmilingReplayBuffer, SmilingReward, score_inputs
+from smiling_pipeline.rl import LearnerRefit, SmilingReplayBuffer, SmilingReward, check_relabelling, score_inputs
 from smiling_pipeline.score import ScoreModel
 
 pytestmark = pytest.mark.timeout(600)
@@ -160,7 +160,9 @@ def test_state_action_rows_use_environment_actions():
     assert torch.equal(score_inputs(obs, torch.zeros(3, 1), None), obs)
 
 
-def test_learner_refit_runs_every_iteration_and_fits_learner_states():
+def test_learner_refit_fits_learner_states_and_sb3_samples_through_the_relabelling_hook():
+    """Three iterations of (a) SAC on the relabelled reward, (b) refit; every SAC update sampled a batch
+    through ``SmilingReplayBuffer._get_samples`` (the private SB3 hook the relabelling relies on)."""
     from stable_baselines3 import SAC
 
     env = gym.make("InvertedPendulum-v5")
@@ -173,15 +175,22 @@ def test_learner_refit_runs_every_iteration_and_fits_learner_states():
     before = [p.detach().clone() for p in cost.learner.parameters()]
     fresh = cost.learner.fresh_copy()
     fresh.load_state_dict(cost.learner.state_dict())
-    refit = RewardRefit(cost, cfg, np.zeros((10, 4), dtype=np.float32))
-    model.learn(300, callback=refit)
-    assert refit.iteration == cost.version == 3  # at 100, 200 and 300 steps
+    refit = LearnerRefit(cost, cfg, np.zeros((10, 4), dtype=np.float32))
+    for _ in range(3):
+        model.learn(100, reset_num_timesteps=False)
+        stats = refit(model.replay_buffer, model.num_timesteps)
+    assert refit.iteration == cost.version == 3 and stats.env_steps == 300
+    assert model._n_updates == 200 and model.replay_buffer.relabelled == model._n_updates
+    check_relabelling(model)
     assert any(not torch.equal(a, b) for a, b in zip(before, cost.learner.parameters()))
     rows = torch.as_tensor(model.replay_buffer.learner_rows(None))
     assert len(rows) == 300  # every stored learner state (FTL: no window)
     g1, g2 = torch.Generator().manual_seed(1), torch.Generator().manual_seed(1)
     with torch.no_grad():
         assert cost.learner.loss(rows, generator=g1) < 0.8 * fresh.loss(rows, generator=g2)
+    model.replay_buffer.relabelled = 0  # as if SB3 had sampled some other way
+    with pytest.raises(RuntimeError, match="without sampling through SmilingReplayBuffer._get_samples"):
+        check_relabelling(model)
 
 
 # --- the CLI chain on a real expert dataset, with MLflow ----------------------------------------
@@ -201,13 +210,6 @@ def write_params(path: Path, **sections: dict) -> Path:
         base[name] = {**base.get(name, {}), **values}
     path.write_text(yaml.safe_dump(base))
     return path
-
-
-@pytest.fixture
-def store(recorded, monkeypatch, tmp_path):
-    assert recorded["run"].exit_code == 0, recorded["run"].output
-    monkeypatch.setenv("MINARI_DATASETS_PATH", str(recorded["store"]))
-    return recorded["store"]
 
 
 def mlflow_client(root: Path):

@@ -1,0 +1,60 @@
+"""The chaining of stages, in one place: a command that needs an earlier stage's output runs that
+stage first when the output is missing. Stage functions themselves take inputs and return outputs."""
+
+from __future__ import annotations
+
+import logging
+import re
+from pathlib import Path
+
+from smiling_pipeline.config import Params
+from smiling_pipeline.demos import load_dataset, resolve_dataset
+from smiling_pipeline.ingest import ExpertData, env_id_of, ingest, load_expert_data
+from smiling_pipeline.io import check_writable
+from smiling_pipeline.pretrain import MODEL_FILE, load_expert_model, pretrain
+from smiling_pipeline.score import ScoreModel
+
+log = logging.getLogger(__name__)
+
+
+def slug(dataset: str) -> str:
+    """A folder name for a dataset id (``mujoco/humanoid`` -> ``mujoco-humanoid``)."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", dataset).strip("-")
+
+
+def workdir(p: Params) -> Path:
+    """``runtime.workdir``, else ``data/<dataset>`` so different datasets never share outputs."""
+    return Path(p.runtime.workdir) if p.runtime.workdir else Path("data") / slug(p.ingest.dataset)
+
+
+def ensure_ingested(p: Params, needs_env: bool = False) -> ExpertData:
+    """The ingested expert data for ``p.ingest``; ingests first when missing or made from another dataset.
+    ``needs_env``: the command runs the dataset's environment, so a dataset without an environment spec
+    is refused before anything is written."""
+    check_writable(workdir(p))
+    folder = workdir(p) / "ingest"
+    if (folder / "meta.json").is_file():
+        data = load_expert_data(folder)
+        same = p.ingest.dataset in (data.meta.get("requested"), data.meta.get("dataset_id"))
+        if same and data.meta.get("with_actions") == p.ingest.with_actions:
+            if needs_env:
+                env_id_of(data.meta)
+            return data
+        why = "is for another dataset or variant; ingesting {} again"
+    else:
+        why = "is missing; ingesting {} first"
+    if needs_env:
+        dataset_id = resolve_dataset(p.ingest.dataset)
+        env_id_of({"dataset_id": dataset_id, "env_id": getattr(load_dataset(dataset_id).spec.env_spec, "id", None)})
+    log.info(f"ingested data in {folder} " + why.format(p.ingest.dataset))
+    ingest(p.ingest, folder)
+    return load_expert_data(folder)
+
+
+def ensure_pretrained(p: Params, data: ExpertData) -> ScoreModel:
+    """The expert score model for ``data``, pretraining first when it is missing."""
+    path = workdir(p) / "pretrain" / MODEL_FILE
+    if not path.is_file():
+        log.info(f"no expert score model at {path}; pretraining first")
+        pretrain(p, data, path.parent)
+    return load_expert_model(path, data, p.runtime.device)
