@@ -23,6 +23,7 @@ from smiling_pipeline.errors import UserError
 
 _MJ_STATE = mujoco.mjtState.mjSTATE_INTEGRATION
 _SKIP = {"env", "envs", "_saved_kwargs"}  # links between layers and constructor arguments
+FORMAT = 2  # of state.pt; a checkpoint of another format was written by another version of the package
 
 
 def rng_state() -> dict[str, Any]:
@@ -79,7 +80,7 @@ def set_env_state(vec_env: Any, state: dict[str, Any]) -> None:
 
 def save_state(path: Path, state: dict[str, Any]) -> None:
     """``state.pt`` of a checkpoint (the caller writes the folder atomically)."""
-    torch.save({**state, "rng": rng_state()}, path)
+    torch.save({**state, "rng": rng_state(), "format": FORMAT}, path)
 
 
 def load_state(folder: Path) -> dict[str, Any]:
@@ -88,6 +89,10 @@ def load_state(folder: Path) -> dict[str, Any]:
     if not all((folder / f).is_file() for f in ("state.pt", "model.zip", "replay_buffer.pkl")):
         raise UserError(f"no complete checkpoint in {folder}; run `smiling-cli train` without --resume")
     try:
-        return torch.load(path, map_location="cpu", weights_only=False)
+        state = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as e:
         raise UserError(f"checkpoint {path} is unreadable ({e.__class__.__name__}); remove {folder} and train again") from e
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise UserError(f"checkpoint {path} was written by another version of smiling_pipeline; "
+                        "train without --resume")
+    return state

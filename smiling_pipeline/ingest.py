@@ -299,19 +299,28 @@ def _gather(dataset: Any, indices: np.ndarray, cfg: IngestConfig, steps: np.ndar
     return _Gathered(rows, n_val, n, returns, shapes[0][0], shapes[1][0])
 
 
-def ingest(cfg: IngestConfig, out_dir: Path) -> dict[str, Any]:
-    """Resolve, read, check, split and write; returns the metadata written to ``meta.json``."""
-    dataset_id = resolve_dataset(cfg.dataset)
-    dataset = load_dataset(dataset_id)
-    check_box_spaces(dataset, dataset_id)
+def _read(dataset: Any, cfg: IngestConfig) -> _Gathered:
+    """The selected rows of the dataset's episodes (steps counted from metadata, else by reading)."""
     indices = _episode_indices(dataset, cfg.max_episodes)
     steps = _metadata_counts(dataset, indices)
     try:
         if steps is None:
             raise _CountMismatch
-        g = _gather(dataset, indices, cfg, steps)
+        return _gather(dataset, indices, cfg, steps)
     except _CountMismatch:  # metadata absent or wrong: count by reading, then read again
-        g = _gather(dataset, indices, cfg, _counted_steps(dataset, indices))
+        return _gather(dataset, indices, cfg, _counted_steps(dataset, indices))
+
+
+def ingest(cfg: IngestConfig, out_dir: Path) -> dict[str, Any]:
+    """Resolve, read, check, split and write; returns the metadata written to ``meta.json``."""
+    dataset_id = resolve_dataset(cfg.dataset)
+    dataset = load_dataset(dataset_id)
+    check_box_spaces(dataset, dataset_id)
+    try:
+        g = _read(dataset, cfg)
+    except OSError as e:  # h5py: a truncated or damaged file
+        raise UserError(f"cannot read dataset {dataset_id} in {dataset.spec.data_path}: {str(e).splitlines()[0]}; "
+                        "the file is damaged, record or download it again") from e
 
     train, val = g.rows[g.n_val :], g.rows[: g.n_val]
     mean, std = mean_std(train)  # raw std; the score model floors it (score.min_std)

@@ -26,7 +26,6 @@ from stable_baselines3.common.type_aliases import ReplayBufferSamples
 
 from smiling_pipeline.config import CostConfig, TrainConfig
 from smiling_pipeline.cost import Draws, draw, grid_terms, model_errors, normalize_rewards
-from smiling_pipeline.errors import UserError
 from smiling_pipeline.score import FitSettings, GridTerms, ScoreModel, fit
 
 ALGORITHMS: dict[str, Any] = {"sac": SAC, "td3": TD3, "ddpg": DDPG}  # SB3 off-policy learners, by ``train.rl``
@@ -141,9 +140,6 @@ class SmilingReward(RewardModel):
                 "version": self.version, "fixed_version": self.fixed_version, "evaluations": self.evaluations}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        if "draws" not in state:
-            raise UserError("the checkpoint was made by an older smiling_pipeline (per-batch estimator draws); "
-                            "train without --resume")
         self.learner.load_state_dict(state["learner"])
         self._terms.clear()  # new weights, possibly under a version number seen before
         self.draws = Draws(state["draws"]["t"].to(self.draws.t), state["draws"]["eps"].to(self.draws.eps))
@@ -151,7 +147,7 @@ class SmilingReward(RewardModel):
             self.optimizer = torch.optim.AdamW(self.learner.parameters())
             self.optimizer.load_state_dict(state["optimizer"])
         self.version, self.evaluations = state["version"], state["evaluations"]
-        self.fixed_version = state.get("fixed_version", 0)
+        self.fixed_version = state["fixed_version"]
 
 
 class SmilingReplayBuffer(ReplayBuffer):

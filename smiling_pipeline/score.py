@@ -349,11 +349,12 @@ def load_model(path: Path, device: str | torch.device = "cpu") -> tuple[ScoreMod
         raise UserError(f"score model {path} not found; run `smiling-cli pretrain` first")
     try:
         blob = torch.load(path, map_location=device, weights_only=False)
-        cfg = params_from_dict({"score": blob["config"]}).score
+        cfg = params_from_dict({"score": blob["config"]}, "its settings").score
         model = ScoreModel(int(blob["dim"]), cfg).to(device)
         model.load_state_dict(blob["state_dict"])
-    except UserError:
-        raise
+    except UserError as e:
+        raise UserError(f"score model {path} was written by another version of smiling_pipeline ({e}); "
+                        "run pretrain again") from None
     except Exception as e:
         raise UserError(f"score model {path} is unreadable ({e.__class__.__name__}); run pretrain again") from e
     model.eval()

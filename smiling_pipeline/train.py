@@ -255,13 +255,12 @@ def train(p: Params, data: ExpertData, expert: Optional[ScoreModel], workdir: Pa
                         f"({', '.join(changed)}); resume with the same ones or train without --resume")
     env_id, env = make_env(data, cfg.termination)
     set_random_seed(cfg.seed)
-    refs = references(data.meta, env_id)
-    log.info(f"normalized return uses {refs.source}: random {refs.random:.1f} -> 0, expert {refs.expert:.1f} -> 1")
     if cfg.algorithm == "bc":
-        return train_bc(p, data, env_id, env, refs, device, out, folder, settings)
+        return train_bc(p, data, env_id, env, _references(data, env_id), device, out, folder, settings)
 
     reward_model = make_reward(p, data, expert, env, device, dtype)
     model = build_model(cfg, env, device, out / "checkpoint" if state else None)
+    refs = _references(data, env_id)
     buffer = attach(model, reward_model, cfg)
     refit = LearnerRefit(reward_model, cfg, data.val if len(data.val) else data.train)
     records = Records()
@@ -322,6 +321,12 @@ def train(p: Params, data: ExpertData, expert: Optional[ScoreModel], workdir: Pa
         }
         return _finish(out, folder, p, data, env_id, run, model, records.curve,
                        [vars(s) for s in records.iterations], metrics, reward_model)
+
+
+def _references(data: ExpertData, env_id: str) -> References:
+    refs = references(data.meta, env_id)
+    log.info(f"normalized return uses {refs.source}: random {refs.random:.1f} -> 0, expert {refs.expert:.1f} -> 1")
+    return refs
 
 
 def _progress(records: Records) -> dict[str, str]:

@@ -3,10 +3,12 @@ and changes nothing on disk or in MLflow."""
 
 from __future__ import annotations
 
+import shutil
 import warnings
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from conftest import DEMOS_DATASET, assert_user_error, run_cli, tree
@@ -89,3 +91,69 @@ def test_a_stage_that_fails_inside_its_run_ends_it_failed_with_the_error(tmp_pat
         raise UserError("the environment diverged")
     runs = mlflow.MlflowClient().search_runs([tracking.experiment_id("some/dataset-v0")])
     assert [(r.info.status, r.data.tags["error"]) for r in runs] == [("FAILED", "UserError: the environment diverged")]
+
+
+@pytest.fixture(scope="module")
+def trained(recorded, tmp_path_factory) -> Path:
+    """A workdir with ingested data, an expert model, a trained policy and its checkpoint (made once)."""
+    assert recorded["run"].exit_code == 0, recorded["run"].output
+    base = tmp_path_factory.mktemp("trained")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MINARI_DATASETS_PATH", str(recorded["store"]))
+        mp.chdir(base)
+        run = run_cli(["train", "--params", params(base / "p.yaml"), "--workdir", base / "w"])
+    assert run.exit_code == 0, run.output
+    return base / "w"
+
+
+def damage(path: Path, how: str) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2] if how == "truncated" else b"\x00garbage" + data[64:])
+
+
+@pytest.mark.parametrize("how", ["truncated", "garbled"])
+@pytest.mark.parametrize("file, command, named", [
+    ("ingest/expert.npz", ["pretrain"], "ingest is unreadable"),
+    ("ingest/meta.json", ["pretrain"], "ingest is unreadable"),
+    ("pretrain/expert_score.pt", ["train"], "expert_score.pt"),
+    ("train/policy.zip", ["evaluate"], "policy.zip"),
+    ("train/checkpoint/state.pt", ["train", "--resume"], "state.pt"),
+    ("train/checkpoint/model.zip", ["train", "--resume"], "checkpoint is unreadable"),
+    ("train/checkpoint/replay_buffer.pkl", ["train", "--resume"], "checkpoint is unreadable"),
+])
+def test_damaged_files_get_one_line_and_nothing_is_written(trained, store, tmp_path, file, command, named, how):
+    work = tmp_path / "w"
+    shutil.copytree(trained, work)
+    damage(work / file, how)
+    before = tree(work)
+    assert_user_error(run_cli([*command, "--params", params(tmp_path / "p.yaml"), "--workdir", work]), named)
+    assert tree(work) == before
+
+
+@pytest.mark.parametrize("how", ["truncated", "garbled"])
+def test_a_damaged_minari_file_gets_one_line(store, tmp_path, monkeypatch, how):
+    copy = tmp_path / "store"
+    shutil.copytree(store, copy)
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(copy))
+    (hdf5,) = (copy / DEMOS_DATASET / "data").glob("*.hdf5")
+    damage(hdf5, how)
+    p = params(tmp_path / "p.yaml")
+    before = tree(tmp_path)
+    assert_user_error(run_cli(["ingest", "--params", p]), DEMOS_DATASET, "damaged")
+    assert tree(tmp_path) == before
+
+
+def test_files_written_by_another_version_get_one_line(trained, store, tmp_path):
+    work = tmp_path / "w"
+    shutil.copytree(trained, work)
+    model = torch.load(work / "pretrain" / "expert_score.pt", weights_only=False)
+    model["config"]["clip"] = None  # a setting an earlier version had
+    torch.save(model, work / "pretrain" / "expert_score.pt")
+    p = params(tmp_path / "p.yaml")
+    assert_user_error(run_cli(["train", "--params", p, "--workdir", work]), "expert_score.pt", "another version",
+                      "pretrain again")
+    shutil.copy(trained / "pretrain" / "expert_score.pt", work / "pretrain" / "expert_score.pt")
+    state = torch.load(work / "train" / "checkpoint" / "state.pt", weights_only=False)
+    del state["format"]  # as written before checkpoints had a format number
+    torch.save(state, work / "train" / "checkpoint" / "state.pt")
+    assert_user_error(run_cli(["train", "--params", p, "--workdir", work, "--resume"]), "state.pt", "another version")
