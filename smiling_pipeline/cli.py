@@ -70,7 +70,7 @@ def handles_user_errors(fn: F) -> F:
         try:
             return fn(*args, **kwargs)
         except UserError as e:
-            typer.echo(f"error: {e}", err=True)
+            typer.echo("error: " + str(e).replace("\r", "\\r").replace("\n", "\\n"), err=True)  # one line, always
             raise typer.Exit(1) from None
         except KeyboardInterrupt:
             typer.echo("interrupted: finished outputs are kept, unfinished ones were not written", err=True)
@@ -284,7 +284,7 @@ def train(
 ) -> None:
     """Iterative SMILING (or the DAC / BC baselines): RL on the imitation reward, refit every iteration."""
     from smiling_pipeline.pipeline import ensure_ingested, ensure_pretrained
-    from smiling_pipeline.train import check, make_env
+    from smiling_pipeline.train import make_env
     from smiling_pipeline.train import train as run_train
 
     p = setup(params, workdir, minari_root, device, threads, precision)
@@ -292,7 +292,7 @@ def train(
     p = with_section(p, "score", linear=linear)
     p = with_section(p, "train", steps=steps, algorithm=algorithm, rl=rl, eval_every=eval_every, eval_episodes=eval_episodes,
                      checkpoint_every=checkpoint_every, seed=seed)
-    check(p)
+    check_settings(p)
     data = ensure_ingested(p, needs_env=True)
     make_env(data, p.train.termination)[1].close()  # the environment matches the data, before pretraining
     expert = ensure_pretrained(p, data) if p.train.algorithm == "smiling" else None

@@ -323,7 +323,12 @@ def _to_int(value: Any) -> Any:
     return _Bool(value) if isinstance(value, bool) else value
 
 
-_DACITE = dacite.Config(strict=True, cast=[tuple], type_hooks={float: _to_float, int: _to_int})
+def _to_tuple(value: Any) -> Any:
+    """YAML lists for tuple fields; anything else is left for dacite to name as the wrong type."""
+    return tuple(value) if isinstance(value, list) else value
+
+
+_DACITE = dacite.Config(strict=True, type_hooks={float: _to_float, int: _to_int, tuple[int, ...]: _to_tuple})
 
 
 def params_from_dict(raw: dict[str, Any], source: str = "params") -> Params:
@@ -334,7 +339,7 @@ def params_from_dict(raw: dict[str, Any], source: str = "params") -> Params:
     except UserError as e:  # a section's own check
         raise UserError(f"{source}: {e}") from None
     except dacite.WrongTypeError as e:
-        raise UserError(f"{source}: '{e.field_path}' must be {_type_name(e.field_type)}, got {e.value!r}") from e
+        raise UserError(f"{source}: '{e.field_path}' must be {_type_name(e.field_type)}, got {_short(e.value)}") from e
     except dacite.DaciteError as e:
         raise UserError(f"{source}: {e}") from e
 
@@ -374,15 +379,20 @@ def as_dict(cfg: Any) -> dict[str, Any]:
 def _check_keys(raw: dict[str, Any], source: str) -> None:
     """Name every unknown ``section.key`` (dacite alone reports keys without their section)."""
     sections = typing.get_type_hints(Params)
-    unknown = [k for k in raw if k not in sections]
+    unknown = [_key(k) for k in raw if k not in sections]
     for name, value in raw.items():
         if name in sections and isinstance(value, dict):
             known = {f.name for f in dataclasses.fields(sections[name])}
-            unknown += [f"{name}.{k}" for k in value if k not in known]
+            unknown += [f"{name}.{_key(k)}" for k in value if k not in known]
         elif name in sections and value is not None:
-            raise UserError(f"{source}: section '{name}' must be a mapping, got {value!r}")
+            raise UserError(f"{source}: section '{name}' must be a mapping, got {_short(value)}")
     if unknown:
-        raise UserError(f"{source}: unknown key(s) {', '.join(map(str, unknown))}; see params.yaml for the valid ones")
+        raise UserError(f"{source}: unknown key(s) {', '.join(unknown)}; see params.yaml for the valid ones")
+
+
+def _key(k: Any) -> str:
+    """A key as written, quoted when it is not a plain name."""
+    return k if isinstance(k, str) and k.isidentifier() else _short(k)
 
 
 def _type_name(t: Any) -> str:

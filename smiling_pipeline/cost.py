@@ -21,9 +21,8 @@ How it is estimated (each choice measured in ``benchmarks/cost_estimator.py``):
   instead of a (B*K, H) one (``ScoreModel.grid_errors``); the (K, H) part depends only on the
   draws and the weights (``grid_terms``), so training computes it once per model version; no autograd.
 
-Measured against the official computation (K = 500 fixed grid, fresh per-row noise) on the same
-models: K = 32 is as accurate or more (Pearson and Spearman with a 4,096-16,384-sample truth) on
-HalfCheetah (d = 17) and Humanoid (d = 348) and 72-96x faster; see ``reports/cost_estimator.md``.
+Compared with the official computation (K = 500 fixed grid, fresh per-row noise) on the same models
+in ``reports/cost_estimator.md``: K = 32 is as accurate or more, at a fraction of the cost.
 """
 
 from __future__ import annotations
@@ -201,7 +200,7 @@ def ds_divergence(
     model scored on its own training rows errs less there (+10 % at D = 0.003-0.005), and a constant
     learning rate leaves errors as large as D itself (hence ``anneal``: :func:`fit_annealed`).
     ``folds=1`` fits one P model on all of P and scores its training rows. Cost: ``folds + 1`` fits
-    of ``steps`` steps (2-fold, 3,000 steps, d = 4: about 20 s on one CPU thread).
+    of ``steps`` steps.
     """
     p = np.asarray(p_samples, dtype=np.float32)
     q = np.asarray(q_samples, dtype=np.float32)

@@ -46,7 +46,11 @@ def minari_root(root: str | Path | None = None) -> Path:
 
 def use_minari_root(root: str | Path | None) -> Path:
     """Point Minari (which reads ``MINARI_DATASETS_PATH`` at call time) at ``root``; returns the store."""
-    path = minari_root(root)
+    try:
+        path = minari_root(root)
+        path.exists()
+    except OSError as e:
+        raise UserError(f"Minari store {str(root)[:80]}: {e.strerror}; pass a usable folder with --minari-root") from e
     os.environ["MINARI_DATASETS_PATH"] = str(path)
     return path
 
@@ -88,11 +92,15 @@ def local_datasets(latest: bool = True) -> dict[str, dict[str, Any]]:
     import minari
 
     root = minari_root()
-    if not root.exists():
-        return {}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return minari.list_local_datasets(latest_version=latest)
+    try:
+        if not root.exists():
+            return {}
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return minari.list_local_datasets(latest_version=latest)
+    except (OSError, RecursionError) as e:  # e.g. a store at / or in /proc
+        raise UserError(f"cannot list the Minari store {str(root)[:80]} ({type(e).__name__}); point --minari-root "
+                        "(or MINARI_DATASETS_PATH) at a folder of datasets") from e
 
 
 def remote_host() -> str:

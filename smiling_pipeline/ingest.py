@@ -5,14 +5,14 @@ Output folder (written whole or not at all):
 state-action variant), ``mean``, ``std`` (of the training inputs, for normalisation);
 ``meta.json`` - dataset id, env spec, dims, reference scores, counts, mean return, content hash.
 
-Reading streams (``benchmarks/ingest_scale.py``: 1M Humanoid steps in seconds, peak memory about
-the size of the float32 output): the number of states is known up front from Minari's per-episode
+Reading streams (peak memory about the size of the float32 output; ``benchmarks/ingest_scale.py``
+measures it): the number of states is known up front from Minari's per-episode
 ``total_steps`` metadata, so the random subset and its train/validation split are drawn first
 (the same draws as :func:`split`) and each episode's picked rows are written straight into one
 preallocated float32 array, at their final positions. Nothing else of the dataset's size is ever
 allocated: finiteness is checked episode by episode, mean and std are computed in chunks (bit for
 bit what NumPy's ``mean``/``std`` give), the hash reads the arrays in place. Large outputs are
-written uncompressed (zlib runs at ~30 MB/s here and saves little on float data).
+written uncompressed (zlib is slow and saves little on float data).
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from smiling_pipeline.envs import check_box_spaces, env_name
 from smiling_pipeline.errors import DataError, UserError
 from smiling_pipeline.io import atomic_dir, write_json
 
-COMPRESS_MAX_BYTES = 32 * 2**20  # outputs up to this size are zlib-compressed (under ~1 s); larger ones are not
+COMPRESS_MAX_BYTES = 32 * 2**20  # outputs up to this size are zlib-compressed; larger ones are not
 _STATS_CHUNK_ROWS = 16_384
 _STATS_ONE_SHOT_BYTES = 64 * 2**20  # below this, mean_std is plain NumPy (a full-size temporary is small)
 
@@ -79,21 +79,6 @@ def _episodes(dataset: Any, indices: np.ndarray, every: int, desc: str = "readin
         yield obs[:-1:every], act[::every], float(np.sum(ep.rewards))
 
 
-def read_episodes(dataset: Any, max_episodes: Optional[int], every: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Flatten episodes into (states, actions, episode returns); states are those actions were taken in.
-
-    Holds the whole dataset in memory; :func:`ingest` streams instead (:func:`_gather`).
-    """
-    states, actions, returns = [], [], []
-    for s, a, r in _episodes(dataset, _episode_indices(dataset, max_episodes), every):
-        states.append(s)
-        actions.append(a)
-        returns.append(r)
-    if not states or sum(len(s) for s in states) == 0:
-        raise DataError(f"{dataset.spec.dataset_id} holds no steps; record some episodes first")
-    return np.concatenate(states), np.concatenate(actions), np.asarray(returns)
-
-
 # --- checks -----------------------------------------------------------------------------------
 
 
@@ -121,12 +106,6 @@ def _check_shapes(dataset: Any, obs_shape: tuple[int, ...], act_shape: tuple[int
             f"{env_name(env)} ({env.observation_space.shape} / {env.action_space.shape})"
         )
     env.close()
-
-
-def check_against_env(dataset: Any, states: np.ndarray, actions: np.ndarray) -> None:
-    """The arrays must be finite and shaped like the dataset's and its environment's spaces."""
-    _check_finite(dataset.spec.dataset_id, int((~np.isfinite(states)).sum()), int((~np.isfinite(actions)).sum()))
-    _check_shapes(dataset, states.shape[1:], actions.shape[1:])
 
 
 def _make_env(spec: Optional[gym.envs.registration.EnvSpec]) -> Optional[gym.Env]:

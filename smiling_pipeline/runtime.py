@@ -41,8 +41,8 @@ def check_precision(precision: str) -> None:
 
 
 def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
-    """The score models' matmul dtype: ``auto`` is bfloat16 where it is native (about 2x on the reward's
-    output layer and 1.5x on fitting here, same estimator accuracy: ``benchmarks/``), else float32."""
+    """The score models' matmul dtype: ``auto`` is bfloat16 where it is native (faster at the same
+    estimator accuracy: docs/performance.md), else float32."""
     check_precision(precision)
     if precision == "auto":
         return torch.bfloat16 if native_bfloat16(device) else torch.float32

@@ -22,10 +22,9 @@ from torch import nn
 from smiling_pipeline.config import ScoreConfig, as_dict
 from smiling_pipeline.errors import DataError, UserError
 
-# Where bfloat16 pays (benchmarks/, 2026-11-25): from input dimension 32 (below, fitting under autocast
-# is slower, 3.8 vs 3.5 ms per step at d = 17, and converting the reward's activations costs what the
-# narrower output layer saves) and, in the reward, from ~4M multiply-adds per chunk (below, the
-# narrower matmul's fixed cost of ~15 us dominates).
+# Where bfloat16 pays (docs/performance.md): from input dimension 32 (below, fitting under autocast is
+# slower and converting the reward's activations costs what the narrower output layer saves) and, in
+# the reward, from about 4M multiply-adds per chunk (below, the narrower matmul's fixed cost dominates).
 NARROW_MIN_DIM = 32
 NARROW_MIN_MACS = 1 << 22
 
@@ -127,7 +126,7 @@ class ScoreModel(nn.Module):
     def grid_terms(self, t: torch.Tensor, eps: torch.Tensor, dtype: torch.dtype = torch.float32) -> GridTerms:
         """The per-draw parts of :meth:`grid_errors` for timesteps ``t`` (K,) and noise ``eps`` (K, d):
         they depend only on the draws and the weights, so a caller that keeps both can reuse them.
-        ``dtype``: what the output layer's matmul runs in (bfloat16: about 2x where it is native)."""
+        ``dtype``: what the output layer's matmul runs in (bfloat16 where it is native pays)."""
         first = self._first
         wx, wt = first.weight[:, : self.dim], first.weight[:, self.dim :]
         temb = self.time_mlp(timestep_embedding(t, self.cfg.time_embed))
@@ -143,7 +142,7 @@ class ScoreModel(nn.Module):
         + [sqrt(1 - abar_j) W_x eps_j + W_t emb(t_j) + bias]: a (B, H) product and the (K, H) terms,
         then one multiply-add per (j, b) pair. Only the later layers run on all B*K pairs, in chunks
         of about ``chunk_bytes`` of activations written into buffers that every chunk reuses (fresh
-        multi-MB tensors per chunk cost up to 2.5x here, in page faults). The output layer's matmul
+        multi-MB tensors per chunk cost page faults). The output layer's matmul
         runs in the dtype of ``terms.weight`` where that pays (``NARROW_MIN_DIM``, ``NARROW_MIN_MACS``);
         everything else in float32. Inference only.
         """
@@ -170,7 +169,7 @@ class ScoreModel(nn.Module):
                 h = self._hidden_layers(h)
                 if narrow is not None:
                     h = narrow[: m * b * width].view(m * b, width).copy_(h)
-                # transposed, (d, pairs) = W (H, pairs): 2.4x faster than (pairs, H) W^T for small d here
+                # transposed, (d, pairs) = W (H, pairs): faster than (pairs, H) W^T for small d
                 e = torch.matmul(weight, h.T, out=product[: m * b * self.dim].view(self.dim, -1))
                 e = torch.add(e.view(self.dim, m, b), terms.offset[:, j], out=residual[: m * b * self.dim].view(self.dim, m, b))
                 out[r : r + b] += e.square_().sum(dim=0).sum(dim=0)

@@ -222,12 +222,6 @@ def _finish(out: Path, folder: Path, p: Params, data: ExpertData, env_id: str, r
     return {**metrics, **info}
 
 
-def check(p: Params) -> None:
-    """What can be known wrong before any stage runs: settings, and an MLflow store that can be reached."""
-    config.check(p)
-    tracking.check_store(tracking.tracking_uri())
-
-
 def next_stop(steps: int, cfg: TrainConfig) -> int:
     """The next env step at which the loop refits, evaluates, checkpoints or ends."""
     start, every = cfg.learning_starts, cfg.iteration_steps
@@ -242,7 +236,7 @@ def train(p: Params, data: ExpertData, expert: Optional[ScoreModel], workdir: Pa
     continue it from its last checkpoint with ``resume``; returns the final metrics (also in
     ``<workdir>/train_metrics/metrics.json``)."""
     cfg = p.train
-    check(p)
+    config.check(p)
     out, folder = workdir / "train", workdir / "train_metrics"
     device = resolve_device(p.runtime.device)
     dtype = resolve_precision(p.runtime.precision, device)
