@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup repro test lint bench clean
+.PHONY: setup repro test lint ui bench clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -18,6 +18,10 @@ setup: $(STAMP)
 
 repro: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro
+	@echo "runs, metrics, models and the policy video are in MLflow: make ui, then open http://127.0.0.1:5000"
+
+ui: $(STAMP)
+	$(BIN)/smiling-cli ui
 
 test: $(STAMP)
 	$(BIN)/pytest -q

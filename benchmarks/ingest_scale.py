@@ -16,9 +16,10 @@ its own peak RSS (``VmHWM`` of ``/proc/self/status``: the kernel's high-water ma
 missed between polls) and its RSS after the imports (the baseline the interpreter needs anyway).
 Not ``getrusage(...).ru_maxrss``: Linux carries the parent's high-water mark into a child across
 ``vfork``/``exec``, so a child of a big parent would report the parent's peak.
-``impl=current`` is ``smiling_pipeline.ingest``; ``impl=v0`` is the pre-optimisation version read
-from git history (commit 6277ecf), run on the same dataset to give the "before" figures and to check
-that both write the same arrays bit for bit (train, val, mean, std) and the same content hash.
+
+Two ingests of the same dataset: every state (``num_states`` = all) and a 5,000-state subsample.
+Each run reports seconds, peak RSS, its ratio to the float64 and float32 observation arrays, and
+whether it meets the target (<= 60 s and peak RSS <= 2x the float64 array).
 """
 
 from __future__ import annotations
@@ -33,10 +34,10 @@ import subprocess
 import sys
 import tempfile
 import time
-import types
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Optional
 
 import numpy as np
 
@@ -46,7 +47,6 @@ sys.path.insert(0, str(ROOT))
 DATASET_ID = "bench/humanoid/synthetic-v0"
 OBS_DIM, ACT_DIM = 348, 17
 TARGET_SECONDS = 60.0
-V0_COMMIT = "6277ecf"  # the last commit before the streaming ingestion
 TARGET_MEMORY_FACTOR = 2.0
 
 
@@ -98,33 +98,18 @@ def _rss_mb() -> float:
 def _peak_rss_mb() -> float:
     """This process's peak resident memory (VmHWM), in MiB."""
     with open("/proc/self/status") as f:
-        line = next(l for l in f if l.startswith("VmHWM:"))
+        line = next(row for row in f if row.startswith("VmHWM:"))
     return int(line.split()[1]) / 1024
-
-
-def ingest_v0() -> types.ModuleType:
-    """``smiling_pipeline/ingest.py`` as of commit V0_COMMIT (before streaming), read from git history."""
-    try:
-        source = subprocess.run(["git", "-C", str(ROOT), "show", f"{V0_COMMIT}:smiling_pipeline/ingest.py"],
-                                capture_output=True, text=True, check=True).stdout
-    except (OSError, subprocess.CalledProcessError) as e:
-        raise SystemExit(f"the v0 reference needs git history with commit {V0_COMMIT}; run with --no-v0 ({e})")
-    module = sys.modules["ingest_v0"] = types.ModuleType("ingest_v0")  # dataclasses look their module up
-    exec(compile(source, f"ingest.py@{V0_COMMIT}", "exec"), module.__dict__)
-    return module
 
 
 def worker(args: argparse.Namespace) -> int:
     """Run one ``ingest()`` in this (fresh) process and print a JSON line with time and memory."""
     os.environ["MINARI_DATASETS_PATH"] = args.root
     os.environ["TQDM_DISABLE"] = "1"
-    from smiling_pipeline.config import IngestConfig
-
-    if args.impl == "v0":
-        mod = ingest_v0()
-    else:
-        from smiling_pipeline import ingest as mod
     import gymnasium as gym
+
+    from smiling_pipeline.config import IngestConfig
+    from smiling_pipeline.ingest import ingest
 
     with warnings.catch_warnings():  # import what check_against_env loads (MuJoCo), so the baseline holds it
         warnings.simplefilter("ignore")
@@ -136,12 +121,12 @@ def worker(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     if prof:
         prof.enable()
-    meta = mod.ingest(cfg, out)
+    meta = ingest(cfg, out)
     if prof:
         prof.disable()
     wall = time.perf_counter() - t0
     peak = _peak_rss_mb()
-    result = {"impl": args.impl, "num_states": cfg.num_states, "seconds": wall, "peak_rss_mb": peak,
+    result = {"num_states": cfg.num_states, "seconds": wall, "peak_rss_mb": peak,
               "baseline_rss_mb": base, "content_hash": meta["content_hash"], "train_rows": meta["train_rows"],
               "val_rows": meta["val_rows"], "states_available": meta["states_available"],
               "npz_mb": (out / "expert.npz").stat().st_size / 2**20}
@@ -153,29 +138,18 @@ def worker(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_worker(root: Path, impl: str, num_states: Optional[int], out: Path, profile: bool = False) -> dict:
-    cmd = [sys.executable, __file__, "--worker", "--root", str(root), "--impl", impl,
+def run_worker(root: Path, num_states: Optional[int], out: Path, profile: bool = False) -> dict:
+    cmd = [sys.executable, __file__, "--worker", "--root", str(root),
            "--num-states", str(num_states or 0), "--out", str(out)] + (["--profile"] if profile else [])
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         raise RuntimeError(f"worker failed ({' '.join(cmd)}):\n{proc.stderr[-3000:]}")
-    line = next(l for l in proc.stdout.splitlines() if l.startswith("RESULT "))
+    line = next(row for row in proc.stdout.splitlines() if row.startswith("RESULT "))
     return json.loads(line[len("RESULT "):])
 
 
-def same_arrays(a: Path, b: Path) -> bool:
-    """The two ingest outputs hold bit-identical train, val, mean and std."""
-    with np.load(a / "expert.npz") as fa, np.load(b / "expert.npz") as fb:
-        for k in ("train", "val", "mean", "std"):  # one array at a time
-            x, y = fa[k], fb[k]
-            if x.dtype != y.dtype or not np.array_equal(x, y):
-                return False
-            del x, y
-    return True
-
-
-def bench(quick: bool, with_v0: bool = True, keep: Optional[Path] = None, log=print, profile: bool = False) -> dict:
-    """Make the dataset, then ingest it with every (impl, num_states) in turn; returns the results."""
+def bench(quick: bool, keep: Optional[Path] = None, log=print, profile: bool = False) -> dict:
+    """Make the dataset, then ingest it with every ``num_states`` in turn; returns the results."""
     n_episodes, steps = (100, 1000) if quick else (1000, 1000)
     tmp = tempfile.TemporaryDirectory(prefix="smiling-ingest-bench-", dir=keep)
     try:
@@ -187,23 +161,13 @@ def bench(quick: bool, with_v0: bool = True, keep: Optional[Path] = None, log=pr
         n_steps = n_episodes * steps
         sizes = {"float64_mb": n_steps * OBS_DIM * 8 / 2**20, "float32_mb": n_steps * OBS_DIM * 4 / 2**20}
         runs = []
-        impls = ("current", "v0") if with_v0 else ("current",)
         for num_states in (None, 5_000):
-            outs = {}
-            for impl in impls:
-                outs[impl] = root / f"out-{impl}-{num_states}" / "ingest"
-                r = run_worker(root / "store", impl, num_states, outs[impl], profile=profile)
-                runs.append(r)
-                log(f"ingest: impl={impl:7s} num_states={str(num_states):5s} {r['seconds']:6.1f} s, peak RSS "
-                    f"{r['peak_rss_mb']:,.0f} MiB (after imports {r['baseline_rss_mb']:,.0f} MiB)")
-                if profile:
-                    log(r["profile"])
-            if with_v0:
-                same = same_arrays(outs["current"], outs["v0"])
-                hashes = runs[-1]["content_hash"] == runs[-2]["content_hash"]
-                for r in runs[-2:]:
-                    r["identical_to_v0"] = bool(same and hashes)
-                log(f"ingest: num_states={num_states}: arrays identical to v0: {same}, same content hash: {hashes}")
+            r = run_worker(root / "store", num_states, root / f"out-{num_states}" / "ingest", profile=profile)
+            runs.append(r)
+            log(f"ingest: num_states={str(num_states):5s} {r['seconds']:6.1f} s, peak RSS "
+                f"{r['peak_rss_mb']:,.0f} MiB (after imports {r['baseline_rss_mb']:,.0f} MiB)")
+            if profile:
+                log(r["profile"])
         for r in runs:
             r["peak_over_float64"] = r["peak_rss_mb"] / sizes["float64_mb"]
             r["peak_over_float32"] = r["peak_rss_mb"] / sizes["float32_mb"]
@@ -218,19 +182,17 @@ def bench(quick: bool, with_v0: bool = True, keep: Optional[Path] = None, log=pr
 def main(argv: Optional[list[str]] = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="100 episodes instead of 1000")
-    ap.add_argument("--no-v0", action="store_true", help="skip the pre-optimisation reference")
     ap.add_argument("--profile", action="store_true", help="cProfile each ingest and print the top functions")
     ap.add_argument("--tmp", help="parent folder for the temporary store (default: system temp)")
     ap.add_argument("--json", help="write the results here")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--root", help=argparse.SUPPRESS)
-    ap.add_argument("--impl", default="current", choices=("current", "v0"), help=argparse.SUPPRESS)
     ap.add_argument("--num-states", type=int, default=0, help=argparse.SUPPRESS)
     ap.add_argument("--out", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.worker:
         return worker(args)
-    res = bench(args.quick, with_v0=not args.no_v0, keep=Path(args.tmp) if args.tmp else None, profile=args.profile)
+    res = bench(args.quick, keep=Path(args.tmp) if args.tmp else None, profile=args.profile)
     if args.json:
         Path(args.json).write_text(json.dumps(res, indent=2))
     return 0

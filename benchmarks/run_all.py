@@ -25,6 +25,7 @@ ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(ROOT))
 
+import cost_report  # noqa: E402
 import ingest_scale  # noqa: E402
 import pretrain_throughput  # noqa: E402
 import scaling  # noqa: E402
@@ -73,10 +74,11 @@ def ingest_table(res: dict[str, Any]) -> list[str]:
              f"observations {res['obs_dim']}-dim float64 ({sizes['float64_mb']:,.0f} MiB; float32 "
              f"{sizes['float32_mb']:,.0f} MiB), made with Minari in {res['make_seconds']:.0f} s, "
              f"{res['disk_gib']:.2f} GiB on disk. Target: <= 60 s and peak RSS <= 2x the float64 array.", "",
-             "| implementation | num_states | seconds | peak RSS MiB | peak / float64 array | meets |",
-             "|---|---|---:|---:|---:|---|"]
-    lines += [f"| {r['impl']} | {r['num_states'] or 'all'} | {r['seconds']:.1f} | {r['peak_rss_mb']:,.0f} | "
-              f"{r['peak_over_float64']:.2f} | {'yes' if r['meets_target'] else 'no'} |" for r in res["runs"]]
+             "| num_states | seconds | peak RSS MiB | peak / float64 array | meets |",
+             "|---|---:|---:|---:|---|"]
+    runs = [r for r in res["runs"] if r.get("impl", "current") == "current"]  # results saved before may hold others
+    lines += [f"| {r['num_states'] or 'all'} | {r['seconds']:.1f} | {r['peak_rss_mb']:,.0f} | "
+              f"{r['peak_over_float64']:.2f} | {'yes' if r['meets_target'] else 'no'} |" for r in runs]
     return lines
 
 
@@ -125,10 +127,13 @@ def main(argv: Optional[list[str]] = None) -> int:
 
 
 def _cost(quick: bool, out: Path) -> dict[str, Any]:
-    """The estimator benchmark writes its own report (reports/cost_estimator.md); keep its headline rows."""
-    subprocess.run([sys.executable, str(HERE / "cost_estimator.py"), "--out", str(ROOT / "reports")]
+    """The estimator benchmark (its own process: one torch thread) writes reports/cost_estimator[_quick].json;
+    cost_report.py renders it to the .md next to it, which the benchmarks README links to."""
+    reports = ROOT / "reports"
+    subprocess.run([sys.executable, str(HERE / "cost_estimator.py"), "--out", str(reports), "--no-report"]
                    + (["--quick"] if quick else []), check=True)
-    return {"report": "../cost_estimator.md"}
+    md = cost_report.write_report(reports / f"cost_estimator{'_quick' if quick else ''}.json")
+    return {"report": f"../{md.name}"}
 
 
 BENCHMARKS = {

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import logging
 import os
 import sys
@@ -62,15 +63,23 @@ def _log_to_stderr() -> None:
         logger.propagate = False
 
 
+def _error(message: str) -> None:
+    typer.echo("error: " + message.replace("\r", "\\r").replace("\n", "\\n"), err=True)  # one line, always
+
+
 def handles_user_errors(fn: F) -> F:
-    """Print :class:`UserError` as one line and exit 1; Ctrl-C exits 130. Real bugs keep their traceback."""
+    """Print :class:`UserError` and file-system errors as one line and exit 1; Ctrl-C exits 130. Real bugs keep
+    their traceback."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
         except UserError as e:
-            typer.echo("error: " + str(e).replace("\r", "\\r").replace("\n", "\\n"), err=True)  # one line, always
+            _error(str(e))
+            raise typer.Exit(1) from None
+        except OSError as e:  # the file system refused a path the user gave (too long, no permission, disk full)
+            _error(f"{e.strerror or type(e).__name__}: {str(e.filename)[:80]}; check the paths given")
             raise typer.Exit(1) from None
         except KeyboardInterrupt:
             typer.echo("interrupted: finished outputs are kept, unfinished ones were not written", err=True)
@@ -325,9 +334,14 @@ def evaluate(
     p = with_section(p, "evaluate", episodes=episodes, seed=seed)
     check_settings(p)
     ref = policy_ref(workdir_for(p), policy)
-    m = run_evaluate(p, ensure_ingested(p, needs_env=True), workdir_for(p), ref, video)
+    trained = workdir_for(p) / "train_metrics" / "run.json"  # the trained policy's run: register it
+    register = json.loads(trained.read_text()).get("policy_uri") if policy is None and trained.is_file() else None
+    m = run_evaluate(p, ensure_ingested(p, needs_env=True), workdir_for(p), ref, video, register)
     typer.echo(f"{m['policy']} on {m['env_id']}: return {m['return_mean']:.1f} ± {m['return_std']:.1f} over "
                f"{m['episodes']} episodes, normalized return {m['normalized_return']:.3f} ({m['reference_source']})")
+    if "registered_model" in m:
+        typer.echo(f"registered as {m['registered_model']}" + (f", the new champion: {m['champion_uri']}"
+                                                                if m["champion"] else ""))
 
 
 @app.command()
@@ -362,9 +376,14 @@ def report(
     if exp_prefix or cells or no_mlflow:
         raise UserError("--exp-prefix, --cells and --no-mlflow only apply with --compare")
     from smiling_pipeline.report import write_report
+    from smiling_pipeline.tracking import attach_files
 
     p = with_section(setup(params, workdir, minari_root), "ingest", dataset=dataset)
-    typer.echo(f"report written: {write_report(workdir_for(p), out or Path('reports'))}")
+    summary = write_report(workdir_for(p), out or Path("reports"))
+    run_id = json.loads((workdir_for(p) / "train_metrics" / "run.json").read_text())["mlflow_run_id"]
+    files = [summary, *(summary.parent / name for name in ("learning_curve.png", "cost.png", "score_losses.png"))]
+    logged = attach_files(run_id, [f for f in files if f.is_file()], "report")
+    typer.echo(f"report written: {summary}" + (f"; attached to MLflow run {run_id}" if logged else ""))
 
 
 @app.command()
@@ -399,6 +418,23 @@ def sweep(
     verb = "would queue" if dry_run else "queued"
     typer.echo(f"{verb} {len(cells)} experiments" + ("" if dry_run or not start else
                                                       f"; {jobs} workers started, follow with `dvc queue status`"))
+
+
+@app.command()
+@handles_user_errors
+def ui(
+    port: Annotated[int, typer.Option("--port", min=1, max=65535, help="Port on 127.0.0.1.")] = 5000,
+) -> None:
+    """Open the MLflow UI on the project's store (MLFLOW_TRACKING_URI, else <repo>/mlflow.db)."""
+    from smiling_pipeline.tracking import check_store, tracking_uri
+
+    uri = tracking_uri()
+    check_store(uri)
+    if not uri.startswith("sqlite:"):
+        raise UserError(f"{uri} is a tracking server: open it in a browser instead")
+    typer.echo(f"MLflow UI on {uri}: http://127.0.0.1:{port} (Ctrl-C stops it)", err=True)
+    os.execvp(sys.executable, [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri,
+                               "--host", "127.0.0.1", "--port", str(port)])
 
 
 def check_settings(p: C.Params) -> None:

@@ -61,19 +61,45 @@ class EvalResult:
         return asdict(self)
 
 
-def evaluate_policy(policy: Policy, env_id: str, refs: References, episodes: int, seed: int,
-                    video_dir: Optional[Path] = None) -> EvalResult:
-    """Run ``episodes`` episodes with the true reward; optionally record the first one as a video."""
-    if episodes < 1:
-        raise UserError("evaluation needs at least 1 episode")
-    env = gym.make(env_id, render_mode="rgb_array" if video_dir else None)
-    if video_dir:
-        env = gym.wrappers.RecordVideo(env, str(video_dir), episode_trigger=lambda ep: ep == 0, disable_logger=True)
+def evaluate_policy(policy: Policy, env_id: str, refs: References, episodes: int, seed: int) -> EvalResult:
+    """Run ``episodes`` episodes with the true reward (episode ``i`` seeded ``seed + i``)."""
+    env = gym.make(env_id)
     returns = rollout_returns(env, policy, episodes, seed, "evaluating")
     env.close()
     norm = np.asarray(refs.normalize(returns))
     return EvalResult(episodes, float(returns.mean()), float(returns.std()), float(norm.mean()), float(norm.std()),
                       refs.source)
+
+
+def record_episode(policy: Policy, env_id: str, seed: int, out: Path, frames_in_strip: int = 6) -> list[Path]:
+    """Render one episode (the evaluation's first: same seed) off-screen to ``out/episode.mp4`` and a
+    strip of ``frames_in_strip`` frames, ``out/frames.png``; MuJoCo renders with ``MUJOCO_GL=egl``."""
+    from moviepy.video.io.ImageSequenceClip import ImageSequenceClip
+
+    from smiling_pipeline.report import plt
+
+    env = gym.make(env_id, render_mode="rgb_array")
+    obs, _ = env.reset(seed=seed)
+    frames, done = [env.render()], False
+    while not done:
+        obs, _, terminated, truncated, _ = env.step(policy(obs))
+        frames.append(env.render())
+        done = terminated or truncated
+    fps = env.metadata.get("render_fps", 30)
+    env.close()
+    out.mkdir(parents=True, exist_ok=True)
+    video, strip = out / "episode.mp4", out / "frames.png"
+    ImageSequenceClip([np.asarray(f) for f in frames], fps=fps).write_videofile(str(video), logger=None, audio=False)
+    picks = np.linspace(0, len(frames) - 1, frames_in_strip).astype(int)
+    fig, axes = plt.subplots(1, frames_in_strip, figsize=(2 * frames_in_strip, 2.2), dpi=100)
+    for ax, i in zip(axes, picks, strict=True):
+        ax.imshow(frames[i])
+        ax.set_title(f"step {i}", fontsize=8)
+        ax.axis("off")
+    fig.suptitle(f"{env_id}, evaluation episode (seed {seed})", fontsize=9)
+    fig.savefig(strip, bbox_inches="tight")
+    plt.close(fig)
+    return [video, strip]
 
 
 def is_uri(ref: str) -> bool:
@@ -120,9 +146,13 @@ def policy_fn(policy: Any, env_id: str) -> Policy:
     return lambda obs: policy.predict(obs, deterministic=True)[0]
 
 
-def evaluate(p: Params, data: ExpertData, workdir: Path, ref: str, video: Optional[bool] = None) -> dict[str, Any]:
+def evaluate(p: Params, data: ExpertData, workdir: Path, ref: str, video: Optional[bool] = None,
+             register: Optional[str] = None) -> dict[str, Any]:
     """Evaluate the policy ``ref`` (a ``.zip`` or an MLflow model URI) on ``data``'s environment; records
-    go to ``workdir/evaluate`` and MLflow."""
+    go to ``workdir/evaluate`` and MLflow. ``register``: the policy's MLflow model URI, registered for the
+    dataset (alias ``champion`` when it is the best evaluated so far)."""
+    import mlflow
+
     cfg = p.evaluate
     env_id = env_id_of(data.meta)
     policy = load_policy(ref, "sac" if p.train.algorithm == "bc" else p.train.rl, str(resolve_device(p.runtime.device)))
@@ -134,13 +164,20 @@ def evaluate(p: Params, data: ExpertData, workdir: Path, ref: str, video: Option
     tags = tracking.run_tags({"seed": p.train.seed, "algorithm": p.train.algorithm, "policy": ref,
                               "variant": "state-action" if data.meta["with_actions"] else "state-only"})
     with tracking.run("evaluate", dataset_id, {"evaluate": as_dict(cfg), "policy": ref}, tags) as run:
-        result = evaluate_policy(act, env_id, refs, cfg.episodes, cfg.seed, video_dir=out / "video" if record else None)
+        result = evaluate_policy(act, env_id, refs, cfg.episodes, cfg.seed)
+        if record:
+            for path in record_episode(act, env_id, cfg.seed, out / "video"):
+                mlflow.log_artifact(str(path), "video")
         tracking.log_metrics({"normalized_return": result.normalized_return, "return_mean": result.return_mean,
                               "return_std": result.return_std}, step=0)
         numbers = {k: v for k, v in result.as_dict().items() if k != "reference_source"}
         metrics = {**numbers, "reference_random": refs.random, "reference_expert": refs.expert}
         info = {"dataset_id": dataset_id, "env_id": env_id, "policy": ref, "mlflow_run_id": run.info.run_id,
                 "reference_source": refs.source}
+        if register:
+            name, version, champion = tracking.promote(register, dataset_id, result.normalized_return)
+            info |= {"registered_model": f"models:/{name}/{version}", "champion": champion,
+                     "champion_uri": f"models:/{name}@{tracking.CHAMPION}"}
         write_json(out / "metrics.json", metrics)
         write_json(out / "run.json", info)
     return {**metrics, **info}

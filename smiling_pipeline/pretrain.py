@@ -10,6 +10,7 @@ from stable_baselines3.common.utils import set_random_seed
 
 from smiling_pipeline import tracking
 from smiling_pipeline.config import Params, as_dict
+from smiling_pipeline.demos import minari_root
 from smiling_pipeline.errors import UserError
 from smiling_pipeline.ingest import ExpertData
 from smiling_pipeline.io import write_json
@@ -33,8 +34,10 @@ def pretrain(p: Params, data: ExpertData, out: Path) -> dict[str, Any]:
     dataset_id = data.meta["dataset_id"]
     settings = {"score": as_dict(p.score), "pretrain": as_dict(cfg), "ingest": as_dict(p.ingest),
                 "runtime": {"precision": dtype_name(dtype)}}
-    tags = tracking.run_tags({"seed": cfg.seed, "algorithm": "smiling"})
+    tags = tracking.run_tags({"seed": cfg.seed, "algorithm": "smiling", "linear": p.score.linear,
+                              "variant": "state-action" if data.meta["with_actions"] else "state-only"})
     with tracking.run("pretrain", dataset_id, settings, tags) as run:
+        tracking.log_dataset(data.meta, data.train, minari_root() / dataset_id, "training")
         _, history = fit(
             model, data.train,
             FitSettings(cfg.steps, cfg.batch_size, cfg.lr, cfg.weight_decay, cfg.eval_every, dtype),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -98,6 +99,10 @@ def write_report(workdir: Path, reports: Path) -> Path:
                      f"({final['reference_source']}: random {final['reference_random']:.1f}, expert {final['reference_expert']:.1f})")
     lines += [f"- MLflow train run: `{train['mlflow_run_id']}`, policy `{train['policy_uri']}`", "",
               "![learning curve](learning_curve.png)", "", "![cost](cost.png)", "", "![score losses](score_losses.png)", ""]
+    frames = evaluation / "video" / "frames.png"
+    if frames.is_file():  # evaluate --video: frames of the recorded episode (the mp4 is in MLflow)
+        shutil.copyfile(frames, reports / "policy_frames.png")
+        lines += ["![the policy, frames of one evaluation episode](policy_frames.png)", ""]
     summary = reports / "summary.md"
     with atomic_file(summary) as tmp:
         tmp.write_text("\n".join(lines))

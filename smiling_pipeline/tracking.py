@@ -19,6 +19,7 @@ from urllib.parse import urlparse
 
 from smiling_pipeline.errors import UserError
 
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}  # the UI opens on runs, not GenAI
 _EXPS_MARK = os.sep + os.path.join(".dvc", "tmp", "exps") + os.sep
 
 
@@ -90,10 +91,50 @@ def experiment_id(dataset_id: str) -> str:
     mlflow.set_tracking_uri(uri)
     with _store_lock(uri):
         exp = mlflow.get_experiment_by_name(dataset_id)
-        if exp is not None:
-            return exp.experiment_id
-        location = (repo_root() / "mlruns").as_uri() if uri.startswith("sqlite:") else None
-        return mlflow.create_experiment(dataset_id, artifact_location=location)
+        if exp is None:
+            location = (repo_root() / "mlruns").as_uri() if uri.startswith("sqlite:") else None
+            return mlflow.create_experiment(dataset_id, artifact_location=location, tags=EXPERIMENT_KIND)
+        if exp.tags.get("mlflow.experimentKind") is None:  # made by an earlier version: the UI would open on GenAI
+            mlflow.MlflowClient().set_experiment_tag(exp.experiment_id, *next(iter(EXPERIMENT_KIND.items())))
+        return exp.experiment_id
+
+
+def execution_key() -> Optional[str]:
+    """What ties the stage runs of one pipeline execution together: the sweep cell, else the DVC
+    experiment, else the ``dvc repro`` process that runs the stages; None for a stage run on its own."""
+    if os.environ.get("SMILING_SWEEP_CELL"):
+        return "cell:" + os.environ["SMILING_SWEEP_CELL"]
+    pid = os.getppid()
+    for _ in range(6):  # smiling-cli <- shell <- dvc (a few levels at most)
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            started = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+        except (OSError, IndexError):
+            return None
+        if any(Path(part.decode(errors="replace")).name == "dvc" for part in cmdline[:2]):
+            return f"dvc:{os.environ.get('DVC_EXP_NAME', 'repro')}:{pid}:{started}"
+        pid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        if pid <= 1:
+            return None
+    return None
+
+
+def _parent_run(experiment: str, name: str, tags: dict[str, str]) -> Optional[str]:
+    """The run of this pipeline execution that the stage runs nest under (made by the first stage)."""
+    import mlflow
+
+    key = execution_key()
+    if key is None:
+        return None
+    client = mlflow.MlflowClient()
+    with _store_lock(tracking_uri()):
+        found = client.search_runs([experiment], f"tags.pipeline_key = '{key}' and tags.stage = 'pipeline'",
+                                   max_results=1)
+        if found:
+            return found[0].info.run_id
+        parent = client.create_run(experiment, run_name=name,
+                                   tags={**tags, "stage": "pipeline", "pipeline_key": key})
+        return parent.info.run_id
 
 
 def run_tags(extra: dict[str, Any]) -> dict[str, str]:
@@ -106,10 +147,23 @@ def run_tags(extra: dict[str, Any]) -> dict[str, str]:
     return tags
 
 
+def run_name(stage: str, tags: dict[str, str]) -> str:
+    """A name to tell runs apart in the UI: ``smiling-state-only-s0`` (train), ``pretrain-state-only-s0``,
+    ``evaluate-dac-state-action-s1``, with ``-linear`` and the sweep cell or DVC experiment when set."""
+    parts = [] if stage == "train" else [stage]
+    parts += [tags[k] for k in ("algorithm", "variant") if k in tags and not (stage == "pretrain" and k == "algorithm")]
+    parts += ["linear"] if tags.get("linear") == "True" else []
+    parts += [f"s{tags['seed']}"] if "seed" in tags else []
+    name = "-".join(parts)
+    where = tags.get("sweep_cell") or tags.get("dvc_exp")
+    return f"{name} ({where})" if where else name
+
+
 @contextmanager
 def run(stage: str, dataset_id: str, params: dict[str, Any], tags: Optional[dict[str, str]] = None,
         run_id: Optional[str] = None) -> Iterator[Any]:
-    """An MLflow run of ``stage`` on ``dataset_id`` with the settings as params and standard tags.
+    """An MLflow run of ``stage`` on ``dataset_id`` with the settings as params, standard tags and a
+    readable name, nested under the run of its pipeline execution when there is one.
 
     A stage that fails ends its run as FAILED with the error's first line in the tag ``error`` (KILLED
     when interrupted), so the UI never shows a half-finished run as finished or running.
@@ -118,16 +172,81 @@ def run(stage: str, dataset_id: str, params: dict[str, Any], tags: Optional[dict
 
     exp = experiment_id(dataset_id)
     all_tags = {"stage": stage, "dataset": dataset_id, "git_commit": git_commit(), **(tags or {})}
-    with mlflow.start_run(experiment_id=exp, run_id=run_id, run_name=None if run_id else stage, tags=all_tags) as active:
+    if run_id is None:
+        where = all_tags.get("sweep_cell") or all_tags.get("dvc_exp") or "dvc repro"
+        parent = _parent_run(exp, f"pipeline ({where})", {k: v for k, v in all_tags.items() if k != "stage"})
+        if parent is not None:
+            all_tags["mlflow.parentRunId"] = parent
+    with mlflow.start_run(experiment_id=exp, run_id=run_id, run_name=None if run_id else run_name(stage, all_tags),
+                          tags=all_tags) as active:
         try:
             if run_id is None:
                 mlflow.log_params(_flatten(params))
             yield active
         except BaseException as e:
             mlflow.set_tag("error", (f"{type(e).__name__}: {e}".splitlines() or [type(e).__name__])[0][:500])
+            _end_parent(active, "FAILED")
             if isinstance(e, KeyboardInterrupt):
                 mlflow.end_run("KILLED")
             raise
+    _end_parent(active, "FINISHED")
+
+
+def _end_parent(active: Any, status: str) -> None:
+    """The pipeline run ends with its latest stage: FINISHED, or FAILED when a stage failed."""
+    import mlflow
+
+    parent = active.data.tags.get("mlflow.parentRunId")
+    if parent:
+        mlflow.MlflowClient().set_terminated(parent, status)
+
+
+CHAMPION = "champion"
+
+
+def promote(model_uri: str, dataset_id: str, normalized_return: float) -> tuple[str, str, bool]:
+    """Register a policy under the dataset's model name; it takes the alias ``champion`` when its
+    evaluated normalized return beats the current champion's. Returns (name, version, champion)."""
+    import mlflow
+
+    name = dataset_id.replace("/", "-") + "-policy"
+    client = mlflow.MlflowClient()
+    version = mlflow.register_model(model_uri, name, tags={"normalized_return": f"{normalized_return:.6g}"}).version
+    try:
+        best = float(client.get_model_version_by_alias(name, CHAMPION).tags.get("normalized_return", "-inf"))
+    except mlflow.exceptions.MlflowException:  # no champion yet
+        best = float("-inf")
+    if normalized_return > best:
+        client.set_registered_model_alias(name, CHAMPION, version)
+    return name, str(version), normalized_return > best
+
+
+def attach_files(run_id: str, files: list[Path], artifact_path: str) -> bool:
+    """Add files to a finished run's artifacts (a report to the run it reports on); False if the store
+    does not hold that run."""
+    import mlflow
+
+    mlflow.set_tracking_uri(tracking_uri())
+    client = mlflow.MlflowClient()
+    try:
+        client.get_run(run_id)
+    except mlflow.exceptions.MlflowException:
+        return False
+    for f in files:
+        client.log_artifact(run_id, str(f), artifact_path)
+    return True
+
+
+def log_dataset(meta: dict[str, Any], train: Any, source: Path, context: str) -> None:
+    """The Minari dataset (its folder in the store: ``source``) as an MLflow dataset input of the active
+    run, for the Dataset column and filters: its id, the ingest content hash as digest, the rows used."""
+    import mlflow
+    from mlflow.data.numpy_dataset import from_numpy
+
+    dataset = from_numpy(train, source=str(source), name=meta["dataset_id"],
+                                     digest=meta["content_hash"][:16])
+    mlflow.log_input(dataset, context=context, tags={"expert_rows": str(len(train)),
+                                                     "variant": "state-action" if meta["with_actions"] else "state-only"})
 
 
 def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 from smiling_pipeline import checkpoint, config, tracking
 from smiling_pipeline.baselines import DacReward, behaviour_cloning
 from smiling_pipeline.config import Params, TrainConfig, as_dict
+from smiling_pipeline.demos import minari_root
 from smiling_pipeline.envs import check_box_spaces
 from smiling_pipeline.errors import UserError
 from smiling_pipeline.evaluate import EvalResult, References, evaluate_policy, policy_fn, references
@@ -60,9 +61,12 @@ class Records:
     iterations: list[IterationStats] = field(default_factory=list)
     pending: list[tuple[dict[str, float], int]] = field(default_factory=list)
 
-    def add_iteration(self, stats: IterationStats) -> None:
+    def add_iteration(self, stats: IterationStats, smiling: bool) -> None:
+        """One refit's statistics; for SMILING the mean reward on expert states is also logged under the
+        paper's name, ``ds_divergence`` (the estimated DS divergence between expert and learner)."""
         self.iterations.append(stats)
-        self.pending.append(({k: v for k, v in vars(stats).items() if k not in ("iteration", "env_steps")},
+        values = {k: v for k, v in vars(stats).items() if k not in ("iteration", "env_steps")}
+        self.pending.append(({**values, **({"ds_divergence": stats.reward_mean_expert} if smiling else {})},
                              stats.env_steps))
 
     def add_evaluation(self, result: EvalResult, step: int) -> None:
@@ -285,6 +289,8 @@ def train(p: Params, data: ExpertData, expert: Optional[ScoreModel], workdir: Pa
     with tracking.run("train", data.meta["dataset_id"], settings, _tags(p, data), run_id=run_id) as run:
         if state is not None:
             records.flush(tracking.logged_until(run.info.run_id))
+        else:
+            tracking.log_dataset(data.meta, data.train, minari_root() / data.meta["dataset_id"], "training")
         bar = tqdm(total=cfg.steps, initial=model.num_timesteps, desc=cfg.algorithm.upper(), unit="step",
                    dynamic_ncols=True)
         while model.num_timesteps < cfg.steps:
@@ -295,7 +301,7 @@ def train(p: Params, data: ExpertData, expert: Optional[ScoreModel], workdir: Pa
             steps = model.num_timesteps
             # (b) every iteration_steps from learning_starts on: refit the reward on the learner's rows
             if steps >= cfg.learning_starts and (steps - cfg.learning_starts) % cfg.iteration_steps == 0:
-                records.add_iteration(refit(buffer, steps))
+                records.add_iteration(refit(buffer, steps), smiling=cfg.algorithm == "smiling")
             model.logger.dump(steps)  # the RL learner's losses
             if steps % cfg.eval_every == 0 or steps == cfg.steps:
                 result = evaluate_policy(policy_fn(model.policy, env_id), env_id, refs, cfg.eval_episodes,
@@ -349,6 +355,7 @@ def train_bc(p: Params, data: ExpertData, env_id: str, env: gym.Env, refs: Refer
         records.flush()
 
     with tracking.run("train", data.meta["dataset_id"], settings, _tags(p, data)) as run:
+        tracking.log_dataset(data.meta, data.train, minari_root() / data.meta["dataset_id"], "training")
         losses = behaviour_cloning(model.policy, data.train[:, :obs_dim], data.train[:, obs_dim:], act_space,
                                    p.baselines, p.train.seed, on_eval=evaluate,
                                    eval_every=max(1, p.baselines.bc_steps // 10))
