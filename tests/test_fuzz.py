@@ -4,7 +4,8 @@ command run through the real CLI entry point (``cli.run``) on a tiny real datase
 The property: a command either succeeds, or exits non-zero with exactly one line starting ``error:``
 on stderr and no traceback, having created or changed no file under its folder and the Minari store;
 and no MLflow run is left RUNNING. CI runs a short seeded profile; ``SMILING_FUZZ_EXAMPLES=2000``
-runs a long campaign (docs/reliability.md has its figures).
+runs a long campaign; ``--hypothesis-show-statistics`` counts the outcomes per command
+(docs/reliability.md has the figures).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from typing import Any
 import pytest
 import torch
 import yaml
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from conftest import DEMOS_DATASET, terminal_lines
@@ -169,6 +170,7 @@ def test_every_command_succeeds_or_fails_with_one_line_and_leaves_nothing(fuzz_r
         os.environ.clear()
         os.environ.update(env)
         torch.set_num_threads(threads)
+    event(f"{command}: {'succeeded' if code == 0 else f'exit {code}'}")  # --hypothesis-show-statistics
     assert not leaked, f"{args}: an MLflow run is still active"
     assert running_runs(folder / "mlflow.db") == [], f"{args}: MLflow run left RUNNING"
     if code != 0:

@@ -340,13 +340,39 @@ def test_dvc_repro_runs_the_pipeline_and_then_has_nothing_to_do(tmp_path):
     assert (repo / "reports" / "learning_curve.png").is_file()
     shown = subprocess.run(["dvc", "metrics", "show", "--json"], cwd=repo, env=env, capture_output=True, text=True)
     assert "normalized_return" in shown.stdout
+    assert (repo / "reports" / "policy_frames.png").is_file()  # evaluate.video: true in the pipeline
+    check_the_runs_in_the_mlflow_ui(repo)
     second = subprocess.run(["dvc", "repro"], cwd=repo, env=env, capture_output=True, text=True)
     assert second.returncode == 0 and "Running stage" not in second.stdout, second.stdout
-    assert (repo / "mlflow.db").is_file()
     with open(repo / "smiling_pipeline" / "score.py", "a") as f:  # any code change reruns the stages that run it
         f.write("\n# edited\n")
     status = subprocess.run(["dvc", "status", "--json"], cwd=repo, env=env, capture_output=True, text=True)
     assert {"pretrain", "train", "evaluate"} <= set(json.loads(status.stdout)), status.stdout
+
+
+def check_the_runs_in_the_mlflow_ui(repo: Path) -> None:
+    """What the MLflow UI shows of one ``dvc repro``: a model-training experiment, the stage runs named and
+    nested under one pipeline run, the dataset as their input, the metrics, the report, video, champion."""
+    client = mlflow_client(repo)
+    exp = client.get_experiment_by_name(DEMOS_DATASET)
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
+    runs = client.search_runs([exp.experiment_id])
+    (parent,) = [r for r in runs if r.data.tags["stage"] == "pipeline"]
+    stages = {r.data.tags["stage"]: r for r in runs if r.data.tags["stage"] != "pipeline"}
+    assert set(stages) == {"pretrain", "train", "evaluate"} and parent.info.status == "FINISHED"
+    assert all(r.data.tags["mlflow.parentRunId"] == parent.info.run_id for r in stages.values())
+    assert {r.info.run_name for r in stages.values()} == {"pretrain-state-only-s0", "smiling-state-only-s0",
+                                                            "evaluate-smiling-state-only-s0"}
+    train = stages["train"]
+    (dataset,) = train.inputs.dataset_inputs
+    assert dataset.dataset.name == DEMOS_DATASET and dataset.dataset.digest
+    assert {"normalized_return", "ds_divergence", "sac/critic_loss", "sac/actor_loss", "sac/ent_coef"} <= set(train.data.metrics)
+    assert {a.path for a in client.list_artifacts(train.info.run_id, "report")} >= {"report/summary.md",
+                                                                                    "report/learning_curve.png"}
+    assert {a.path for a in client.list_artifacts(stages["evaluate"].info.run_id, "video")} == {"video/episode.mp4",
+                                                                                               "video/frames.png"}
+    champion = client.get_model_version_by_alias("smiling-invertedpendulum-expert-v0-policy", "champion")
+    assert int(champion.version) == 1 and champion.tags["normalized_return"]
 
 
 def test_every_dvc_stage_depends_on_the_whole_package():
