@@ -326,7 +326,7 @@ def evaluate(
 ) -> None:
     """Run a policy with the true reward: raw return and normalized return (random 0, expert 1)."""
     from smiling_pipeline.evaluate import evaluate as run_evaluate
-    from smiling_pipeline.evaluate import policy_ref
+    from smiling_pipeline.evaluate import policy_ref, trained_records
     from smiling_pipeline.pipeline import ensure_ingested
 
     p = setup(params, workdir, minari_root, device)
@@ -334,9 +334,8 @@ def evaluate(
     p = with_section(p, "evaluate", episodes=episodes, seed=seed)
     check_settings(p)
     ref = policy_ref(workdir_for(p), policy)
-    trained = workdir_for(p) / "train_metrics" / "run.json"  # the trained policy's run: register it
-    register = json.loads(trained.read_text()).get("policy_uri") if policy is None and trained.is_file() else None
-    m = run_evaluate(p, ensure_ingested(p, needs_env=True), workdir_for(p), ref, video, register)
+    trained = None if policy else trained_records(workdir_for(p))
+    m = run_evaluate(p, ensure_ingested(p, needs_env=True), workdir_for(p), ref, video, trained)
     typer.echo(f"{m['policy']} on {m['env_id']}: return {m['return_mean']:.1f} ± {m['return_std']:.1f} over "
                f"{m['episodes']} episodes, normalized return {m['normalized_return']:.3f} ({m['reference_source']})")
     if "registered_model" in m:
@@ -432,6 +431,13 @@ def ui(
     check_store(uri)
     if not uri.startswith("sqlite:"):
         raise UserError(f"{uri} is a tracking server: open it in a browser instead")
+    import mlflow
+
+    # MLflow 3.17's web app picks GenAI or model-training pages from ?workflowType= (else the browser's last
+    # choice), not from the experiment's mlflow.experimentKind tag: link the runs pages directly
+    for exp in mlflow.MlflowClient(uri).search_experiments():
+        typer.echo(f"{exp.name}: http://127.0.0.1:{port}/#/experiments/{exp.experiment_id}/runs"
+                   "?workflowType=machine_learning")
     typer.echo(f"MLflow UI on {uri}: http://127.0.0.1:{port} (Ctrl-C stops it)", err=True)
     os.execvp(sys.executable, [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri,
                                "--host", "127.0.0.1", "--port", str(port)])

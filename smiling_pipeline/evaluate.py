@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -146,11 +147,24 @@ def policy_fn(policy: Any, env_id: str) -> Policy:
     return lambda obs: policy.predict(obs, deterministic=True)[0]
 
 
+def trained_records(workdir: Path) -> Optional[dict[str, Any]]:
+    """The train run's ``run.json`` and ``metrics.json`` in ``workdir`` (None before training)."""
+    folder = workdir / "train_metrics"
+    if not (folder / "metrics.json").is_file():
+        return None
+    try:
+        return {**json.loads((folder / "run.json").read_text()), **json.loads((folder / "metrics.json").read_text())}
+    except (OSError, ValueError) as e:
+        raise UserError(f"the training records in {folder} are unreadable ({type(e).__name__}); train again") from e
+
+
 def evaluate(p: Params, data: ExpertData, workdir: Path, ref: str, video: Optional[bool] = None,
-             register: Optional[str] = None) -> dict[str, Any]:
+             trained: Optional[dict[str, Any]] = None) -> dict[str, Any]:
     """Evaluate the policy ``ref`` (a ``.zip`` or an MLflow model URI) on ``data``'s environment; records
-    go to ``workdir/evaluate`` and MLflow. ``register``: the policy's MLflow model URI, registered for the
-    dataset (alias ``champion`` when it is the best evaluated so far)."""
+    go to ``workdir/evaluate`` and MLflow. ``trained``: the records of the train run that made the policy
+    (its ``run.json`` and ``metrics.json``): the evaluate run is named after it, its result is logged at
+    that run's last env step, and the policy is registered for the dataset (alias ``champion`` when it
+    is the best evaluated so far)."""
     import mlflow
 
     cfg = p.evaluate
@@ -161,21 +175,25 @@ def evaluate(p: Params, data: ExpertData, workdir: Path, ref: str, video: Option
     out = workdir / "evaluate"
     record = cfg.video if video is None else video
     dataset_id = data.meta["dataset_id"]
-    tags = tracking.run_tags({"seed": p.train.seed, "algorithm": p.train.algorithm, "policy": ref,
-                              "variant": "state-action" if data.meta["with_actions"] else "state-only"})
+    described = {"seed": p.train.seed, "algorithm": p.train.algorithm,
+                 "variant": "state-action" if data.meta["with_actions"] else "state-only"}
+    if trained:
+        described |= {k: v for k, v in trained.get("tags", {}).items() if k in ("seed", "algorithm", "variant", "linear")}
+        described["train_run"] = trained["mlflow_run_id"]
+    tags = tracking.run_tags({**described, "policy": ref})
     with tracking.run("evaluate", dataset_id, {"evaluate": as_dict(cfg), "policy": ref}, tags) as run:
         result = evaluate_policy(act, env_id, refs, cfg.episodes, cfg.seed)
         if record:
             for path in record_episode(act, env_id, cfg.seed, out / "video"):
                 mlflow.log_artifact(str(path), "video")
         tracking.log_metrics({"normalized_return": result.normalized_return, "return_mean": result.return_mean,
-                              "return_std": result.return_std}, step=0)
+                              "return_std": result.return_std}, step=int(trained["env_steps"]) if trained else 0)
         numbers = {k: v for k, v in result.as_dict().items() if k != "reference_source"}
         metrics = {**numbers, "reference_random": refs.random, "reference_expert": refs.expert}
         info = {"dataset_id": dataset_id, "env_id": env_id, "policy": ref, "mlflow_run_id": run.info.run_id,
                 "reference_source": refs.source}
-        if register:
-            name, version, champion = tracking.promote(register, dataset_id, result.normalized_return)
+        if trained and trained.get("policy_uri"):
+            name, version, champion = tracking.promote(trained["policy_uri"], dataset_id, result.normalized_return)
             info |= {"registered_model": f"models:/{name}/{version}", "champion": champion,
                      "champion_uri": f"models:/{name}@{tracking.CHAMPION}"}
         write_json(out / "metrics.json", metrics)

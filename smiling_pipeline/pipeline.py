@@ -43,8 +43,8 @@ def ensure_ingested(p: Params, needs_env: bool = False) -> ExpertData:
         why = "is for another dataset or variant; ingesting {} again"
     else:
         why = "is missing; ingesting {} first"
+    dataset_id = resolve_dataset(p.ingest.dataset)  # an unknown id fails here, before the note below
     if needs_env:
-        dataset_id = resolve_dataset(p.ingest.dataset)
         env_id_of({"dataset_id": dataset_id, "env_id": getattr(load_dataset(dataset_id).spec.env_spec, "id", None)})
     log.info(f"ingested data in {folder} " + why.format(p.ingest.dataset))
     ingest(p.ingest, folder)
