@@ -66,6 +66,9 @@ def study(recorded, tmp_path_factory: pytest.TempPathFactory) -> dict:
         for seed in SEEDS:
             run = run_cli(["evaluate", "--params", params, "--workdir", base / f"seed{seed}"])
             assert run.exit_code == 0, run.output
+        by_alias = run_cli(["evaluate", "--params", params, "--workdir", base / "alias", "--policy",
+                            f"models:/{MODEL}@champion"])  # the registered champion, as a user would load it
+        assert by_alias.exit_code == 0 and "normalized return" in by_alias.stdout, by_alias.output
     client = mlflow.MlflowClient(tracking_uri=uri)
     experiment = client.get_experiment_by_name(DEMOS_DATASET)
     assert experiment is not None
