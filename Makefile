@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup repro test lint ui bench clean
+.PHONY: setup repro test lint ui tracking-server bench clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -22,6 +22,10 @@ repro: $(STAMP)
 
 ui: $(STAMP)
 	$(BIN)/smiling-cli ui
+
+# an MLflow server on PostgreSQL (data in .tracking/) for sweep --backend ray; Ctrl-C stops it
+tracking-server: $(STAMP)
+	$(BIN)/smiling-cli tracking-server
 
 test: $(STAMP)
 	$(BIN)/pytest -q

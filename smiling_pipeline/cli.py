@@ -389,24 +389,40 @@ def report(
 @handles_user_errors
 def sweep(
     sweep_file: Annotated[Path, typer.Argument(help="Sweep grid, e.g. sweeps/compare.yaml.")],
-    jobs: Annotated[int, typer.Option("--jobs", "-j", min=1, help="DVC queue workers to start.")] = 2,
+    jobs: Annotated[int, typer.Option("--jobs", "-j", min=1, help="DVC queue workers / local cells at once.")] = 2,
     start: Annotated[bool, typer.Option("--start/--no-start", help="Start the DVC queue after queueing.")] = True,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="List the experiments without queueing them.")] = False,
-    backend: Annotated[str, typer.Option("--backend", help="dvc: queued DVC experiments | local: train processes here, "
-                                         "finished cells skipped on a rerun.")] = "dvc",
-    runs: Annotated[Path, typer.Option("--runs", help="With --backend local: the cells' working folders.")] = Path("data/sweeps"),
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="List the cells without running them.")] = False,
+    backend: Annotated[str, typer.Option("--backend", help="dvc: queued DVC experiments | local: train processes here | "
+                                         "ray: Ray tasks on a cluster. local and ray skip finished cells on a rerun.")] = "dvc",
+    runs: Annotated[Path, typer.Option("--runs", help="local, ray: the cells' working folders (on each node).")] = Path("data/sweeps"),
     results: Annotated[Optional[Path], typer.Option(
-        "--results", help="With --backend local: where each finished cell's records go [default: reports/<sweep name>/cells].")] = None,
+        "--results", help="local, ray: where each finished cell's records go [default: reports/<sweep name>/cells].")] = None,
+    address: Annotated[Optional[str], typer.Option(
+        "--address", help="ray: auto | HOST:PORT | ray://HOST:10001 [default: a one-node cluster on this machine].")] = None,
+    tracking_uri: Annotated[Optional[str], typer.Option(
+        "--tracking-uri", help="ray: the MLflow server every node logs to [default: $MLFLOW_TRACKING_URI, else ./mlflow.db].")] = None,
+    cpus_per_cell: Annotated[float, typer.Option("--cpus-per-cell", min=0.01, help="ray: CPUs each cell reserves.")] = 1.0,
+    gpus_per_cell: Annotated[Optional[float], typer.Option(
+        "--gpus-per-cell", min=0.0, help="ray: GPU fraction each cell reserves [default: 0.25 where the cluster has GPUs].")] = None,
+    retries: Annotated[int, typer.Option("--retries", min=0, help="ray: retries of a cell whose worker or node died.")] = 3,
     params: ParamsOpt = None,
 ) -> None:
-    """Run seeds x algorithms x variants x datasets: queued DVC experiments, or (--backend local) train processes."""
+    """Run seeds x algorithms x variants x datasets: queued DVC experiments, train processes here, or Ray tasks."""
     from smiling_pipeline.sweep import load_sweep, queue, run_local
 
-    if backend not in ("dvc", "local"):
-        raise UserError(f"--backend must be dvc or local, got {backend!r}")
-    if backend == "local":
+    if backend not in ("dvc", "local", "ray"):
+        raise UserError(f"--backend must be dvc, local or ray, got {backend!r}")
+    if backend != "ray" and (address or tracking_uri):
+        raise UserError("--address and --tracking-uri apply with --backend ray only")
+    if backend in ("local", "ray"):
         out = results or Path("reports") / load_sweep(sweep_file).name / "cells"
-        done = run_local(sweep_file, params, jobs, runs, out, dry_run)
+        if backend == "ray":
+            from smiling_pipeline.cluster import RayOptions, run_ray
+
+            opts = RayOptions(address, tracking_uri, cpus_per_cell, gpus_per_cell, retries)
+            done = run_ray(sweep_file, params, runs, out, opts, dry_run)
+        else:
+            done = run_local(sweep_file, params, jobs, runs, out, dry_run)
         for cell in done if dry_run else []:
             typer.echo(f"{cell.name}: " + " ".join(f"{k}={v}" for k, v in cell.overrides.items()))
         typer.echo(f"{'would run' if dry_run else 'ran'} {len(done)} cells; records in {out}")
@@ -417,6 +433,28 @@ def sweep(
     verb = "would queue" if dry_run else "queued"
     typer.echo(f"{verb} {len(cells)} experiments" + ("" if dry_run or not start else
                                                       f"; {jobs} workers started, follow with `dvc queue status`"))
+
+
+@app.command("tracking-server")
+@handles_user_errors
+def tracking_server(
+    folder: Annotated[Path, typer.Option("--folder", help="PostgreSQL's data and the artifacts (kept between starts).")] = Path(".tracking"),
+    port: Annotated[int, typer.Option("--port", help="The MLflow server's port on 127.0.0.1.")] = 5000,
+    db_port: Annotated[int, typer.Option("--db-port", help="PostgreSQL's port on 127.0.0.1.")] = 5433,
+) -> None:
+    """A local MLflow tracking server on PostgreSQL for many concurrent writers (sweep --backend ray); Ctrl-C stops it."""
+    import time
+
+    from smiling_pipeline.server import tracking_server as serve
+
+    typer.echo(f"starting PostgreSQL ({folder / 'postgres'}, port {db_port}) and the MLflow server ...")
+    with serve(folder, port, db_port) as url:
+        typer.echo(f"MLflow tracking server at {url}: export MLFLOW_TRACKING_URI={url}; Ctrl-C stops it")
+        try:
+            while True:
+                time.sleep(3600)
+        except KeyboardInterrupt:
+            typer.echo("stopping")
 
 
 @app.command()

@@ -4,14 +4,16 @@ stage first when the output is missing. Stage functions themselves take inputs a
 from __future__ import annotations
 
 import logging
+import os
 import re
 from pathlib import Path
 
 from smiling_pipeline.config import Params
-from smiling_pipeline.demos import load_dataset, resolve_dataset
+from smiling_pipeline.demos import load_dataset, resolve_dataset, use_minari_root
 from smiling_pipeline.ingest import ExpertData, env_id_of, ingest, load_expert_data
 from smiling_pipeline.io import check_writable
 from smiling_pipeline.pretrain import MODEL_FILE, load_expert_model, pretrain
+from smiling_pipeline.runtime import set_threads
 from smiling_pipeline.score import ScoreModel
 
 log = logging.getLogger(__name__)
@@ -25,6 +27,13 @@ def slug(dataset: str) -> str:
 def workdir(p: Params) -> Path:
     """``runtime.workdir``, else ``data/<dataset>`` so different datasets never share outputs."""
     return Path(p.runtime.workdir) if p.runtime.workdir else Path("data") / slug(p.ingest.dataset)
+
+
+def prepare(p: Params) -> None:
+    """Point Minari at ``$MINARI_DATASETS_PATH`` or ``runtime.minari_root`` and set torch threads: what a
+    process running stages (a sweep cell on a cluster node) does first."""
+    use_minari_root(os.environ.get("MINARI_DATASETS_PATH") or p.runtime.minari_root)
+    set_threads(p.runtime.threads)
 
 
 def ensure_ingested(p: Params, needs_env: bool = False) -> ExpertData:

@@ -154,29 +154,46 @@ def _plain(value: Any) -> Any:
     return [_plain(v) for v in value] if isinstance(value, (list, tuple)) else value
 
 
-def _cell_params(cell: Cell, base: dict[str, Any], runs: Path) -> Path:
-    """Write the cell's params.yaml in its own folder (absolute paths, so the cell runs from anywhere)."""
+def cell_settings(cell: Cell, base: dict[str, Any], folder: Path) -> dict[str, Any]:
+    """The cell's full settings, working in ``folder`` (absolute paths, so the cell runs from anywhere)."""
     merged = _merge(cell.overrides, base, f"sweep cell {cell.name}")
-    folder = runs / cell.name
     merged["runtime"]["workdir"] = str(folder)
     root = merged["runtime"].get("minari_root")
     if root and not os.environ.get("MINARI_DATASETS_PATH"):
         merged["runtime"]["minari_root"] = str(Path(root).resolve())
+    return _plain(merged)
+
+
+def write_cell_params(settings: dict[str, Any]) -> Path:
+    """The cell's ``params.yaml`` in its working folder, which it makes."""
+    folder = Path(settings["runtime"]["workdir"])
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "params.yaml").write_text(yaml.safe_dump(_plain(merged), sort_keys=False))
+    (folder / "params.yaml").write_text(yaml.safe_dump(settings, sort_keys=False))
     return folder / "params.yaml"
 
 
-def _collect(cell: Cell, folder: Path, results: Path, wall_time: float) -> None:
-    """Copy a finished cell's records to ``results/<cell>`` as a whole, with what made them."""
+def collect(cell: Cell, records: dict[str, bytes], results: Path, wall_time: float, **extra: Any) -> None:
+    """Write a finished cell's records (file name -> contents) to ``results/<cell>`` as a whole, with what made them."""
     with atomic_dir(results / cell.name) as tmp:
-        for name in RECORDS:
-            shutil.copy2(folder / "train_metrics" / name, tmp / name)
+        for name, content in records.items():
+            (tmp / name).write_bytes(content)
         write_json(tmp / "cell.json", {"name": cell.name, "overrides": cell.overrides, "wall_time_s": round(wall_time, 1),
-                                       "commit": git_commit()})
+                                       "commit": git_commit(), **extra})
 
 
-def _interrupt(signum: int, frame: Any) -> None:
+def read_records(folder: Path) -> dict[str, bytes]:
+    """A finished cell's records from its working folder."""
+    return {name: (folder / "train_metrics" / name).read_bytes() for name in RECORDS}
+
+
+def pending_cells(sweep_file: Path, params_file: Optional[Path], results: Path) -> tuple[list[Cell], dict[str, Any]]:
+    """The sweep's cells whose records are not yet in ``results``, and the base settings they override."""
+    base = _plain(as_dict(load_params(params_file)))
+    return [c for c in cells(load_sweep(sweep_file), base) if not (results / c.name / "metrics.json").is_file()], base
+
+
+def on_sigterm(signum: int, frame: Any) -> None:
+    """A terminated sweep stops like an interrupted one: its cells stop, their checkpoints stay."""
     raise KeyboardInterrupt
 
 
@@ -197,23 +214,21 @@ def run_local(sweep_file: Path, params_file: Optional[Path], jobs: int, runs: Pa
     """Run the cells whose records are not yet in ``results`` as ``smiling-cli train`` processes, ``jobs``
     at a time, each in ``runs/<cell>`` (resumed from its checkpoint when one is there); each finished
     cell's records go to ``results/<cell>`` at once, so an interrupted sweep continues where it stopped."""
-    sweep = load_sweep(sweep_file)
-    base = _plain(as_dict(load_params(params_file)))
-    todo = [c for c in cells(sweep, base) if not (results / c.name / "metrics.json").is_file()]
+    todo, base = pending_cells(sweep_file, params_file, results)
     if dry_run or not todo:
         return todo
     check_writable(runs)
     check_writable(results)
     pending, failed = list(todo), []
     active: dict[subprocess.Popen, tuple[Cell, Path, float, IO[str], IO[str]]] = {}
-    previous = signal.signal(signal.SIGTERM, _interrupt)  # a terminated sweep stops its cells too
+    previous = signal.signal(signal.SIGTERM, on_sigterm)  # a terminated sweep stops its cells too
     try:
         while pending or active:
             while pending and len(active) < jobs:
                 cell = pending.pop(0)
                 if (results / cell.name / "metrics.json").is_file():
                     continue  # finished meanwhile by another sweep process
-                params = _cell_params(cell, base, runs.resolve())
+                params = write_cell_params(cell_settings(cell, base, runs.resolve() / cell.name))
                 claimed = _claim(params.parent)
                 if claimed is None:
                     log.info(f"skipped {cell.name}: another sweep process is running it")
@@ -231,7 +246,7 @@ def run_local(sweep_file: Path, params_file: Optional[Path], jobs: int, runs: Pa
                 cell, folder, started, done_output, lock = active.pop(proc)
                 done_output.close()
                 if proc.returncode == 0:
-                    _collect(cell, folder, results, time.monotonic() - started)
+                    collect(cell, read_records(folder), results, time.monotonic() - started)
                     log.info(f"finished {cell.name} in {(time.monotonic() - started) / 60:.1f} min")
                 else:
                     failed.append(cell.name)

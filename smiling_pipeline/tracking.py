@@ -11,14 +11,16 @@ from __future__ import annotations
 import fcntl
 import os
 import subprocess
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, TypeVar
 from urllib.parse import urlparse
 
 from smiling_pipeline.errors import UserError
 
+T = TypeVar("T")
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}  # the UI opens on runs, not GenAI
 _EXPS_MARK = os.sep + os.path.join(".dvc", "tmp", "exps") + os.sep
 
@@ -89,14 +91,20 @@ def experiment_id(dataset_id: str) -> str:
     uri = tracking_uri()
     check_store(uri)
     mlflow.set_tracking_uri(uri)
-    with _store_lock(uri):
-        exp = mlflow.get_experiment_by_name(dataset_id)
-        if exp is None:
-            location = (repo_root() / "mlruns").as_uri() if uri.startswith("sqlite:") else None
-            return mlflow.create_experiment(dataset_id, artifact_location=location, tags=EXPERIMENT_KIND)
-        if exp.tags.get("mlflow.experimentKind") is None:  # made by an earlier version: the UI would open on GenAI
-            mlflow.MlflowClient().set_experiment_tag(exp.experiment_id, *next(iter(EXPERIMENT_KIND.items())))
-        return exp.experiment_id
+    with _store_lock(uri):  # a server's cells can still race here: the loser retries and finds it
+        return on_conflict_retry(lambda: _get_or_create_experiment(dataset_id, uri))
+
+
+def _get_or_create_experiment(dataset_id: str, uri: str) -> str:
+    import mlflow
+
+    exp = mlflow.get_experiment_by_name(dataset_id)
+    if exp is None:
+        location = (repo_root() / "mlruns").as_uri() if uri.startswith("sqlite:") else None
+        return mlflow.create_experiment(dataset_id, artifact_location=location, tags=EXPERIMENT_KIND)
+    if exp.tags.get("mlflow.experimentKind") is None:  # made by an earlier version: the UI would open on GenAI
+        mlflow.MlflowClient().set_experiment_tag(exp.experiment_id, *next(iter(EXPERIMENT_KIND.items())))
+    return exp.experiment_id
 
 
 def execution_key() -> Optional[str]:
@@ -201,6 +209,18 @@ def _end_parent(active: Any, status: str) -> None:
         mlflow.MlflowClient().set_terminated(parent, status)
 
 
+def end_stale_runs(dataset_id: str, cell: str, stages: tuple[str, ...]) -> None:
+    """End as KILLED the ``stages`` runs of a sweep cell still RUNNING: left by an attempt whose worker
+    died, before a retry starts its own."""
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    for found in client.search_runs([experiment_id(dataset_id)],
+                                    f"tags.sweep_cell = '{cell}' and attributes.status = 'RUNNING'"):
+        if found.data.tags.get("stage") in stages:
+            client.set_terminated(found.info.run_id, "KILLED")
+
+
 CHAMPION = "champion"
 
 
@@ -211,7 +231,8 @@ def promote(model_uri: str, dataset_id: str, normalized_return: float) -> tuple[
 
     name = dataset_id.replace("/", "-") + "-policy"
     client = mlflow.MlflowClient()
-    version = mlflow.register_model(model_uri, name, tags={"normalized_return": f"{normalized_return:.6g}"}).version
+    version = on_conflict_retry(lambda: mlflow.register_model(
+        model_uri, name, tags={"normalized_return": f"{normalized_return:.6g}"})).version
     try:
         best = float(client.get_model_version_by_alias(name, CHAMPION).tags.get("normalized_return", "-inf"))
     except mlflow.exceptions.MlflowException:  # no champion yet
@@ -237,16 +258,31 @@ def attach_files(run_id: str, files: list[Path], artifact_path: str) -> bool:
     return True
 
 
+def on_conflict_retry(call: Callable[[], T], attempts: int = 5) -> T:
+    """``call()``, again when a tracking server's database refused it for a unique-key conflict: MLflow
+    gets-or-creates datasets and model versions in two steps, which concurrent cells can race through."""
+    import mlflow
+
+    for attempt in range(attempts):
+        try:
+            return call()
+        except mlflow.exceptions.MlflowException as e:
+            if attempt == attempts - 1 or not any(w in str(e) for w in ("UniqueViolation", "unique constraint",
+                                                                         "IntegrityError", "already exists")):
+                raise
+            time.sleep(0.2 * (attempt + 1))
+    raise AssertionError("unreachable")
+
+
 def log_dataset(meta: dict[str, Any], train: Any, source: Path, context: str) -> None:
     """The Minari dataset (its folder in the store: ``source``) as an MLflow dataset input of the active
     run, for the Dataset column and filters: its id, the ingest content hash as digest, the rows used."""
     import mlflow
     from mlflow.data.numpy_dataset import from_numpy
 
-    dataset = from_numpy(train, source=str(source), name=meta["dataset_id"],
-                                     digest=meta["content_hash"][:16])
-    mlflow.log_input(dataset, context=context, tags={"expert_rows": str(len(train)),
-                                                     "variant": "state-action" if meta["with_actions"] else "state-only"})
+    dataset = from_numpy(train, source=str(source), name=meta["dataset_id"], digest=meta["content_hash"][:16])
+    tags = {"expert_rows": str(len(train)), "variant": "state-action" if meta["with_actions"] else "state-only"}
+    on_conflict_retry(lambda: mlflow.log_input(dataset, context=context, tags=tags))
 
 
 def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:

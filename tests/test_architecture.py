@@ -9,12 +9,13 @@ PACKAGE = Path(__file__).resolve().parents[1] / "smiling_pipeline"
 # Lowest first. Foundations; data (demos -> ingest); models (score -> cost); SB3 glue and baselines;
 # the stages; orchestration; the CLI.
 LAYERS = [
-    ["errors", "io", "config", "runtime", "tracking", "checkpoint", "report", "envs"],
+    ["errors", "io", "config", "runtime", "tracking", "server", "checkpoint", "report", "envs"],
     ["demos", "ingest"],
     ["score", "cost"],
     ["rl", "baselines"],
     ["evaluate", "pretrain", "train"],
     ["pipeline", "compare", "sweep"],
+    ["cluster"],
     ["cli"],
 ]
 ORDER = [m for layer in LAYERS for m in layer]
