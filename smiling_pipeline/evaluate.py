@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -12,6 +13,7 @@ import numpy as np
 
 from smiling_pipeline import tracking
 from smiling_pipeline.config import Params, as_dict
+from smiling_pipeline.demos import minari_root
 from smiling_pipeline.envs import Policy, random_policy, rollout_returns
 from smiling_pipeline.errors import UserError
 from smiling_pipeline.ingest import ExpertData, env_id_of
@@ -182,7 +184,10 @@ def evaluate(p: Params, data: ExpertData, workdir: Path, ref: str, video: Option
         described["train_run"] = trained["mlflow_run_id"]
     tags = tracking.run_tags({**described, "policy": ref})
     with tracking.run("evaluate", dataset_id, {"evaluate": as_dict(cfg), "policy": ref}, tags) as run:
+        tracking.log_dataset(data.meta, data.train, minari_root() / dataset_id, "evaluation")  # the Dataset column
         result = evaluate_policy(act, env_id, refs, cfg.episodes, cfg.seed)
+        shutil.rmtree(out / "video", ignore_errors=True)  # no earlier run's episode passes for this one's
+        (out / "video").mkdir(parents=True)  # empty without a recording: the DVC stage declares the folder
         if record:
             for path in record_episode(act, env_id, cfg.seed, out / "video"):
                 mlflow.log_artifact(str(path), "video")

@@ -103,7 +103,18 @@ def write_report(workdir: Path, reports: Path) -> Path:
     if frames.is_file():  # evaluate --video: frames of the recorded episode (the mp4 is in MLflow)
         shutil.copyfile(frames, reports / "policy_frames.png")
         lines += ["![the policy, frames of one evaluation episode](policy_frames.png)", ""]
+    else:  # the pipeline declares the image: say in it why there is none (a stale one would mislead)
+        _no_frames(reports / "policy_frames.png")
     summary = reports / "summary.md"
     with atomic_file(summary) as tmp:
         tmp.write_text("\n".join(lines))
     return summary
+
+
+def _no_frames(path: Path) -> None:
+    """A small image saying that the evaluation recorded no episode."""
+    fig, ax = plt.subplots(figsize=(4, 0.6))
+    ax.axis("off")
+    ax.text(0.5, 0.5, "no episode recorded (evaluate.video: false)", ha="center", va="center")
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

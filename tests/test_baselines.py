@@ -162,6 +162,9 @@ def test_baselines_run_through_the_cli_and_log_like_smiling(recorded, monkeypatc
     assert report.exit_code == 0, report.output
     summary = (tmp_path / "reports" / "summary.md").read_text()
     assert ("gradient steps on expert pairs" in summary) == (algorithm == "bc")
+    # without a video the folder and image the DVC stages declare still exist (a dvc exp with video off succeeds)
+    assert list((work / "evaluate" / "video").iterdir()) == []
+    assert (tmp_path / "reports" / "policy_frames.png").is_file() and "policy_frames.png" not in summary
 
 
 def test_bc_without_actions_is_refused(recorded, monkeypatch, tmp_path):
