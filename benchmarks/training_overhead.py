@@ -190,15 +190,15 @@ class Learner:
 
     def advance(self, n: int) -> float:
         """Run ``n`` more env steps (with their updates); returns the seconds it took."""
-        from smiling_pipeline.train import next_stop
+        from smiling_pipeline.train import next_stop, refit_due
 
         t0 = time.perf_counter()
         target = self.model.num_timesteps + n
         while self.model.num_timesteps < target:  # SMILING: refit between learn calls, as train.train does
             stop = min(target, next_stop(self.model.num_timesteps, self.cfg)) if self.refit else target
             self.model.learn(stop - self.model.num_timesteps, reset_num_timesteps=False)
-            steps, start = self.model.num_timesteps, self.cfg.learning_starts
-            if self.refit and steps >= start and (steps - start) % self.cfg.iteration_steps == 0 and steps < self.stop:
+            steps = self.model.num_timesteps
+            if self.refit and refit_due(steps, self.cfg) and steps < self.stop:
                 self.refit(self.model.replay_buffer, steps)  # no refit at the step that ends the window
         return time.perf_counter() - t0
 

@@ -8,6 +8,7 @@ import functools
 import json
 import logging
 import os
+import signal
 import sys
 import warnings
 from collections.abc import Callable
@@ -446,7 +447,9 @@ def tracking_server(
     import time
 
     from smiling_pipeline.server import tracking_server as serve
+    from smiling_pipeline.sweep import on_sigterm
 
+    signal.signal(signal.SIGTERM, on_sigterm)  # `kill` stops both servers too, not only Ctrl-C
     typer.echo(f"starting PostgreSQL ({folder / 'postgres'}, port {db_port}) and the MLflow server ...")
     with serve(folder, port, db_port) as url:
         typer.echo(f"MLflow tracking server at {url}: export MLFLOW_TRACKING_URI={url}; Ctrl-C stops it")

@@ -226,6 +226,11 @@ def _finish(out: Path, folder: Path, p: Params, data: ExpertData, env_id: str, r
     return {**metrics, **info}
 
 
+def refit_due(steps: int, cfg: TrainConfig) -> bool:
+    """Whether the reward is refit at env step ``steps``: every ``iteration_steps`` from ``learning_starts`` on."""
+    return steps >= cfg.learning_starts and (steps - cfg.learning_starts) % cfg.iteration_steps == 0
+
+
 def next_stop(steps: int, cfg: TrainConfig) -> int:
     """The next env step at which the loop refits, evaluates, checkpoints or ends."""
     start, every = cfg.learning_starts, cfg.iteration_steps
@@ -300,7 +305,7 @@ def train(p: Params, data: ExpertData, expert: Optional[ScoreModel], workdir: Pa
             check_relabelling(model)
             steps = model.num_timesteps
             # (b) every iteration_steps from learning_starts on: refit the reward on the learner's rows
-            if steps >= cfg.learning_starts and (steps - cfg.learning_starts) % cfg.iteration_steps == 0:
+            if refit_due(steps, cfg):
                 records.add_iteration(refit(buffer, steps), smiling=cfg.algorithm == "smiling")
             model.logger.dump(steps)  # the RL learner's losses
             if steps % cfg.eval_every == 0 or steps == cfg.steps:

@@ -364,8 +364,9 @@ def check_the_runs_in_the_mlflow_ui(repo: Path) -> None:
     assert {r.info.run_name for r in stages.values()} == {"pretrain-state-only-s0", "smiling-state-only-s0",
                                                             "evaluate-smiling-state-only-s0"}
     train = stages["train"]
-    (dataset,) = train.inputs.dataset_inputs
-    assert dataset.dataset.name == DEMOS_DATASET and dataset.dataset.digest
+    for stage in ("pretrain", "train", "evaluate"):  # every stage run shows the dataset in the Dataset column
+        (dataset,) = stages[stage].inputs.dataset_inputs
+        assert dataset.dataset.name == DEMOS_DATASET and dataset.dataset.digest
     assert {"normalized_return", "ds_divergence", "sac/critic_loss", "sac/actor_loss", "sac/ent_coef"} <= set(train.data.metrics)
     assert {a.path for a in client.list_artifacts(train.info.run_id, "report")} >= {"report/summary.md",
                                                                                     "report/learning_curve.png"}
