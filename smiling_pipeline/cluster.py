@@ -148,6 +148,18 @@ def _import_ray() -> Any:
     return ray
 
 
+def _check_reachable(address: str, timeout: float = 5.0) -> None:
+    """Fail in seconds on a HOST:PORT nothing answers at (Ray itself waits minutes, then aborts)."""
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        raise UserError(f"--address {address}: use auto, HOST:PORT or ray://HOST:PORT")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except OSError as e:
+        raise UserError(f"no Ray cluster answers at {address} ({e.strerror or type(e).__name__}); "
+                        "start one with `ray start --head` or leave out --address") from None
+
+
 def _connect(ray: Any, opts: RayOptions, env_vars: dict[str, str]) -> None:
     """Join the cluster at ``opts.address`` (or start one here) with the cells' environment variables."""
     extra = {} if opts.address else {"include_dashboard": False}
@@ -172,6 +184,8 @@ def run_ray(sweep_file: Path, params_file: Optional[Path], runs: Path, results: 
     if dry_run or not todo:
         return todo
     ray = _import_ray()
+    if opts.address and opts.address != "auto":
+        _check_reachable(opts.address)
     uri = opts.tracking_uri or tracking.tracking_uri()
     tracking.check_store(uri)
     if opts.address and uri.startswith("sqlite:"):

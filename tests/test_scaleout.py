@@ -39,9 +39,10 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="module")
 def server() -> str:
-    """PostgreSQL and an MLflow server on loopback, from the package's own server module."""
+    """PostgreSQL and an MLflow server on loopback, started as a user would (`smiling-cli tracking-server`)
+    and stopped with SIGTERM at the end, which must stop both."""
     from smiling_pipeline.errors import UserError
-    from smiling_pipeline.server import pg_tool, tracking_server
+    from smiling_pipeline.server import pg_tool
 
     try:
         pg_tool("initdb")
@@ -49,11 +50,24 @@ def server() -> str:
         pytest.skip(f"PostgreSQL is not installed here ({e}); .ci/run installs it")
     folder = Path(tempfile.mkdtemp(prefix="smiling-tracking-"))  # pytest's own folders are closed to user postgres
     folder.chmod(0o755)
+    proc = subprocess.Popen([sys.executable, "-m", "smiling_pipeline.cli", "tracking-server", "--folder", str(folder),
+                             "--port", str(_free_port()), "--db-port", str(_free_port())],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        with tracking_server(folder, _free_port(), _free_port()) as url:
-            yield url
+        lines = []
+        for line in proc.stdout:
+            lines.append(line)
+            if line.startswith("MLflow tracking server at "):
+                break
+        assert lines and lines[-1].startswith("MLflow tracking server at "), "".join(lines)
+        yield lines[-1].split()[4].rstrip(":")
     finally:
+        proc.send_signal(signal.SIGTERM)
+        rest, _ = proc.communicate(timeout=60)
+        status = subprocess.run(["pgrep", "-f", f"postgres -D {folder / 'postgres'}"], capture_output=True)
         shutil.rmtree(folder, ignore_errors=True)
+    assert proc.returncode == 0 and "stopping" in rest, rest
+    assert status.returncode == 1, "PostgreSQL still runs after the tracking server stopped"
 
 
 @pytest.fixture(scope="module")
@@ -212,3 +226,15 @@ def test_ctrl_c_on_the_driver_stops_the_sweep_and_a_rerun_continues_it(store, se
     (train,) = [r for r in _runs(server, "stop-") if r.data.tags["stage"] == "train"]
     assert train.info.run_id == stopped.info.run_id and train.info.status == "FINISHED"
     assert [s for s, _ in _history(server, train.info.run_id, "normalized_return")] == [200, 400, 600, 800, 1000, 1200]
+
+
+def test_ray_sweep_errors_are_one_line(tmp_path):
+    from conftest import assert_user_error
+
+    sweep = _sweep(tmp_path, "err", [0], ["dac"])
+    assert_user_error(run_cli(["sweep", sweep, "--backend", "ray", "--address", "127.0.0.1:9", "--results",
+                               tmp_path / "c"]), "no Ray cluster answers at 127.0.0.1:9")
+    assert_user_error(run_cli(["sweep", sweep, "--backend", "ray", "--tracking-uri", "http://127.0.0.1:9", "--results",
+                               tmp_path / "c"]), "http://127.0.0.1:9", "unreachable")
+    assert_user_error(run_cli(["sweep", sweep, "--backend", "local", "--address", "auto"]), "--backend ray only")
+    assert not (tmp_path / "c").exists()
