@@ -91,7 +91,8 @@ def mlflow_server(store_uri: str, artifacts: Path, port: int, workers: int = 2, 
                              "--artifacts-destination", str(artifacts.resolve()), "--host", "127.0.0.1",
                              "--port", str(port), "--workers", str(workers)],
                             stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
-                            env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})  # GenAI job workers: unused
+                            env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",  # GenAI job workers: unused
+                                 "MLFLOW_DISABLE_TELEMETRY": "true"})
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + timeout
