@@ -19,6 +19,7 @@ import argparse
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -121,6 +122,9 @@ def main() -> None:
         raise SystemExit(f"{DATASET} is missing in data/minari: run `make repro` first")
     from ray.cluster_utils import Cluster
 
+    from smiling_pipeline.sweep import on_sigterm
+
+    signal.signal(signal.SIGTERM, on_sigterm)  # a killed benchmark stops its servers and clusters too
     work = Path(tempfile.mkdtemp(prefix="smiling-scaleout-"))
     work.chmod(0o755)  # PostgreSQL runs as user postgres when this runs as root
     res: dict[str, Any] = {"steps": args.steps, "cells": args.cells, "cpus": os.cpu_count()}
