@@ -23,6 +23,8 @@ from smiling_pipeline.report import plt
 
 VARIANTS = ("state-only", "state-action")
 COLORS = {"smiling": "tab:blue", "dac": "tab:orange", "bc": "tab:green"}
+# ablations (non-default settings) in other colours, so no ablation is drawn like a default method
+ABLATION_COLORS = ("tab:purple", "tab:red", "tab:brown", "tab:pink", "tab:olive", "tab:cyan", "tab:gray")
 
 
 DIAGNOSTICS = {"reward_mean_expert": "DS-divergence estimate\n(mean reward on expert states)",
@@ -212,10 +214,14 @@ def plot_learning_curves(path: Path, dataset: str, groups: dict[tuple[str, str, 
     """State-only and state-action panels side by side; BC (no env steps) is a horizontal band."""
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.8), dpi=110, sharey=True)
     for ax, variant in zip(axes, VARIANTS, strict=True):
+        ablations = 0
         for (d, v, label, n), group in sorted(groups.items()):
             if d != dataset or v != variant or n != states:
                 continue
-            color = COLORS.get(group[0].algorithm) if group[0].config == "default" else None
+            if group[0].config == "default":
+                color = COLORS.get(group[0].algorithm)
+            else:
+                color, ablations = ABLATION_COLORS[ablations % len(ABLATION_COLORS)], ablations + 1
             name = f"{label} (n={len(group)})"
             if group[0].algorithm == "bc":
                 summary = summarise(group)
