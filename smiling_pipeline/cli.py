@@ -106,17 +106,17 @@ def setup(params: Optional[Path], workdir: Optional[Path] = None, minari_root: O
     The Minari store is ``--minari-root``, else ``$MINARI_DATASETS_PATH``, else ``runtime.minari_root``,
     else Minari's default.
     """
-    from smiling_pipeline.demos import use_minari_root
-    from smiling_pipeline.runtime import check_precision, set_threads
+    from smiling_pipeline.pipeline import prepare
+    from smiling_pipeline.runtime import check_precision
 
     _quiet_libraries()
     p = C.load_params(params)
     rt = C.override(p.runtime, workdir=str(workdir) if workdir else None, device=device, threads=threads,
                     precision=precision)
     check_precision(rt.precision)
-    use_minari_root(minari_root or os.environ.get("MINARI_DATASETS_PATH") or rt.minari_root)
-    set_threads(rt.threads)
-    return dataclasses.replace(p, runtime=rt)
+    p = dataclasses.replace(p, runtime=rt)
+    prepare(p, minari_root)
+    return p
 
 
 def with_section(p: C.Params, section: str, **values: Any) -> C.Params:

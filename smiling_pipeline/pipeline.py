@@ -29,10 +29,10 @@ def workdir(p: Params) -> Path:
     return Path(p.runtime.workdir) if p.runtime.workdir else Path("data") / slug(p.ingest.dataset)
 
 
-def prepare(p: Params) -> None:
-    """Point Minari at ``$MINARI_DATASETS_PATH`` or ``runtime.minari_root`` and set torch threads: what a
-    process running stages (a sweep cell on a cluster node) does first."""
-    use_minari_root(os.environ.get("MINARI_DATASETS_PATH") or p.runtime.minari_root)
+def prepare(p: Params, minari_root: Path | None = None) -> None:
+    """Point Minari at ``minari_root``, else ``$MINARI_DATASETS_PATH``, else ``runtime.minari_root``, and set
+    torch threads: what a process running stages (a command, a sweep cell on a cluster node) does first."""
+    use_minari_root(minari_root or os.environ.get("MINARI_DATASETS_PATH") or p.runtime.minari_root)
     set_threads(p.runtime.threads)
 
 

@@ -109,13 +109,15 @@ def mlflow_server(store_uri: str, artifacts: Path, port: int, workers: int = 2, 
             time.sleep(0.5)
         yield url
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
+        for sig, wait in ((signal.SIGTERM, 20), (signal.SIGKILL, 10)):  # the server and the workers it forked
             try:
-                proc.wait(timeout=20)
+                os.killpg(proc.pid, sig)
+                proc.wait(wait)
+                break
+            except ProcessLookupError:
+                break
             except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+                continue
         log_file.close()
 
 

@@ -13,12 +13,7 @@ import json
 import os
 import re
 import shutil
-import signal
 import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import quote
@@ -88,39 +83,11 @@ def free_port() -> int:
 
 @pytest.fixture(scope="module")
 def ui(study) -> Iterator[str]:
-    """``mlflow ui`` on the study's store on a free port (one worker, no job runner), killed at the end."""
-    port = free_port()
-    log = open(study["base"] / "mlflow-ui.log", "w")
-    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "MLFLOW_DISABLE_TELEMETRY": "true"}
-    server = subprocess.Popen([sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", study["uri"],
-                               "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-                              stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert server.poll() is None, f"mlflow ui exited:\n{(study['base'] / 'mlflow-ui.log').read_text()}"
-            try:
-                with urllib.request.urlopen(url + "/health", timeout=2) as answer:
-                    if answer.status == 200:
-                        break
-            except OSError:
-                pass
-            assert time.monotonic() < deadline, "mlflow ui did not answer /health within 120 s"
-            time.sleep(0.5)
+    """``mlflow server`` on the study's store on a free port (one worker, no job runner), stopped at the end."""
+    from smiling_pipeline.server import mlflow_server
+
+    with mlflow_server(study["uri"], study["base"] / "artifacts", free_port(), workers=1) as url:
         yield url
-    finally:
-        for sig, wait in ((signal.SIGTERM, 20), (signal.SIGKILL, 10)):  # the server and the workers it forked
-            try:
-                os.killpg(server.pid, sig)
-            except ProcessLookupError:
-                break
-            try:
-                server.wait(wait)
-                break
-            except subprocess.TimeoutExpired:
-                continue
-        log.close()
 
 
 @pytest.fixture(scope="module")
