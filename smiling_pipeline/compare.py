@@ -47,6 +47,10 @@ class RunCurve:
     returns: tuple[float, ...]
     # per-iteration diagnostics (``DIAGNOSTICS``): metric -> ((env steps, value), ...)
     diagnostics: dict[str, tuple[tuple[int, float], ...]] = field(default_factory=dict, compare=False)
+    name: str = field(default="", compare=False)  # the sweep cell, DVC experiment or MLflow run
+    seconds: Optional[float] = field(default=None, compare=False)  # training wall time (``train_seconds``)
+    # seconds is the cell process's wall time (records from before train_seconds): a resumed cell's last process
+    seconds_of_process: bool = field(default=False, compare=False)
 
     @property
     def label(self) -> str:
@@ -83,10 +87,12 @@ class Summary:
 
 
 def _curve(tags: dict[str, str], steps: tuple[int, ...], returns: tuple[float, ...],
-           diagnostics: dict[str, tuple[tuple[int, float], ...]]) -> RunCurve:
+           diagnostics: dict[str, tuple[tuple[int, float], ...]], name: str, seconds: Optional[float],
+           seconds_of_process: bool = False) -> RunCurve:
     return RunCurve(tags["dataset"], tags.get("variant", "state-only"), tags["algorithm"], tags.get("rl", "sac"),
                     tags.get("config", "linear=True" if tags.get("linear") == "True" else "default"),
-                    int(tags["expert_states"]), int(tags["seed"]), steps, returns, diagnostics)
+                    int(tags["expert_states"]), int(tags["seed"]), steps, returns, diagnostics, name, seconds,
+                    seconds_of_process)
 
 
 def _key(c: RunCurve) -> tuple[str, str, str, str, str, int, int]:
@@ -115,7 +121,8 @@ def load_runs(tracking_uri: str, dataset: Optional[str] = None, exp_prefix: Opti
             continue
         diagnostics = {k: tuple(sorted((m.step, m.value) for m in client.get_metric_history(r.info.run_id, k)))
                        for k in DIAGNOSTICS}
-        curve = _curve(tags, tuple(s for s, _ in history), tuple(v for _, v in history), diagnostics)
+        curve = _curve(tags, tuple(s for s, _ in history), tuple(v for _, v in history), diagnostics,
+                       name or r.info.run_name, r.data.metrics.get("train_seconds"))
         latest.setdefault(_key(curve), curve)
     return list(latest.values())
 
@@ -131,6 +138,7 @@ def load_cells(folder: Path, dataset: Optional[str] = None, exp_prefix: Optional
             continue
         info = json.loads((cell.parent / "run.json").read_text())
         tags = {**info["tags"], "dataset": info["dataset_id"]}
+        seconds = info.get("train_seconds", json.loads(cell.read_text()).get("wall_time_s"))
         with open(cell.parent / "learning_curve.csv") as f:
             rows = list(csv.DictReader(f))
         with open(cell.parent / "iterations.csv") as f:
@@ -138,7 +146,8 @@ def load_cells(folder: Path, dataset: Optional[str] = None, exp_prefix: Optional
         diagnostics = {k: tuple((int(r["env_steps"]), float(r[k])) for r in iterations if r.get(k) not in (None, ""))
                        for k in DIAGNOSTICS}
         curve = _curve(tags, tuple(int(r["env_steps"]) for r in rows),
-                       tuple(float(r["normalized_return"]) for r in rows), diagnostics)
+                       tuple(float(r["normalized_return"]) for r in rows), diagnostics, cell.parent.name, seconds,
+                       "train_seconds" not in info)
         if dataset is None or curve.dataset == dataset:
             out.append(curve)
     return out
@@ -311,6 +320,20 @@ def _ci(point: float, ci: tuple[float, float]) -> str:
     return f"{point:.3f} [{ci[0]:.2f}, {ci[1]:.2f}]"
 
 
+def run_table(runs: list[RunCurve]) -> list[str]:
+    """One row per run: its final, last, best and AUC, and how long it trained."""
+    lines = ["| run | variant | algorithm | seed | final | last | best | AUC | training time |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|"]
+    for c in sorted(runs, key=lambda c: (c.variant, c.label, c.expert_states, c.seed)):
+        time = "-" if c.seconds is None else f"{c.seconds / 60:.1f} min" + (" *" if c.seconds_of_process else "")
+        lines.append(f"| `{c.name}` | {c.variant} | {c.label} | {c.seed} | {c.final:.3f} | {c.returns[-1]:.3f} | "
+                     f"{max(c.returns):.3f} | {c.auc:.3f} | {time} |")
+    if any(c.seconds_of_process for c in runs):
+        lines += ["", "\\* the cell process's wall time (ingest, pretraining, training, evaluation), recorded before runs "
+                  "kept their training time: for a cell resumed from a checkpoint, its last process only."]
+    return lines
+
+
 def write_comparison(tracking_uri: Optional[str], out: Path, dataset: Optional[str] = None,
                      exp_prefix: Optional[str] = None, cells: Optional[Path] = None) -> Path:
     """Plots and ``comparison.md`` in ``out`` (replaced as a whole, so a failure leaves the old report), from
@@ -340,7 +363,7 @@ def write_comparison(tracking_uri: Optional[str], out: Path, dataset: Optional[s
                       "final IQM [95% CI] | AUC [95% CI] |", "|---|---|---:|---:|---:|---:|---:|"]
             lines += [f"| {s.variant} | {s.label} | {s.expert_states} | {s.seeds} | {_ci(s.mean, s.mean_ci)} | "
                       f"{_ci(s.iqm, s.iqm_ci)} | {_ci(s.auc, s.auc_ci)} |" for s in summaries if s.dataset == d]
-            lines += ["", f"![learning curves]({slug}_curves.png)", ""]
+            lines += ["", f"![learning curves]({slug}_curves.png)", "", *run_table(here), ""]
             if plot_diagnostics(tmp / f"{slug}_diagnostics.png", d, groups, states):
                 lines += [f"![diagnostics]({slug}_diagnostics.png)", ""]
             by_group = defaultdict(set)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import logging
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -50,6 +51,18 @@ from smiling_pipeline.runtime import dtype_name, resolve_device, resolve_precisi
 from smiling_pipeline.score import ScoreModel, save_model, weights_hash
 
 log = logging.getLogger(__name__)
+
+
+class TrainClock:
+    """Training wall time summed over a run's processes: a resumed run adds its time since the checkpoint to
+    the time stored there, so ``train_seconds`` is what the run took, not its last process (lost work after
+    a checkpoint is not counted, as an uninterrupted run would not have done it)."""
+
+    def __init__(self, before: float = 0.0) -> None:
+        self.before, self.started = before, time.monotonic()
+
+    def seconds(self) -> float:
+        return self.before + time.monotonic() - self.started
 
 
 @dataclass
@@ -200,12 +213,13 @@ def _tags(p: Params, data: ExpertData) -> dict[str, str]:
 
 def _finish(out: Path, folder: Path, p: Params, data: ExpertData, env_id: str, run: Any, policy: Any,
             curve: list[dict[str, float]], iterations: list[dict[str, float]], metrics: dict[str, Any],
-            reward_model: Optional[Any] = None) -> dict[str, Any]:
-    """Write the policy, records and plot, and log the policy (and reward model) to MLflow."""
+            clock: TrainClock, reward_model: Optional[Any] = None) -> dict[str, Any]:
+    """Write the policy, records and plot, and log the policy (and reward model) to MLflow. The training
+    time goes to ``run.json`` (what made the run), so ``metrics.json`` stays the same for the same seed."""
     import mlflow
 
     info = {"dataset_id": data.meta["dataset_id"], "env_id": env_id, "algorithm": p.train.algorithm,
-            "tags": _tags(p, data),
+            "tags": _tags(p, data), "train_seconds": round(clock.seconds(), 1),
             "mlflow_run_id": run.info.run_id, "policy_uri": tracking.log_torch_model(policy.policy.cpu(), "policy")}
     policy.save(out / "policy.zip")
     if isinstance(reward_model, SmilingReward):
@@ -214,6 +228,7 @@ def _finish(out: Path, folder: Path, p: Params, data: ExpertData, env_id: str, r
     elif isinstance(reward_model, DacReward):
         torch.save(reward_model.d.state_dict(), out / "reward_model.pt")
         info["reward_model_uri"] = tracking.log_torch_model(reward_model.d.cpu(), "discriminator")
+    mlflow.log_metric("train_seconds", info["train_seconds"])
     _write_csv(folder / "learning_curve.csv", curve)
     _write_csv(folder / "iterations.csv", iterations, [f.name for f in dataclasses.fields(IterationStats)])
     write_json(folder / "metrics.json", metrics)
@@ -268,6 +283,7 @@ def train(p: Params, data: ExpertData, expert: Optional[ScoreModel], workdir: Pa
     refit = LearnerRefit(reward_model, cfg, data.val if len(data.val) else data.train)
     records = Records()
     run_id = None
+    clock = TrainClock(state.get("train_seconds", 0.0) if state else 0.0)
     if state is not None:
         reward_model.load_state_dict(state["reward_model"])
         refit.iteration = state["iteration"]
@@ -288,7 +304,7 @@ def train(p: Params, data: ExpertData, expert: Optional[ScoreModel], workdir: Pa
                 "reward_model": reward_model.state_dict(), "iteration": refit.iteration, "curve": records.curve,
                 "iterations": records.iterations, "pending": records.pending,
                 "env": checkpoint.env_state(model.get_env()), "run_id": tracking.active_run_id(),
-                "settings": settings})
+                "settings": settings, "train_seconds": clock.seconds()})
         records.flush()
 
     with tracking.run("train", data.meta["dataset_id"], settings, _tags(p, data), run_id=run_id) as run:
@@ -325,7 +341,7 @@ def train(p: Params, data: ExpertData, expert: Optional[ScoreModel], workdir: Pa
             "iterations": refit.iteration,
         }
         return _finish(out, folder, p, data, env_id, run, model, records.curve,
-                       [vars(s) for s in records.iterations], metrics, reward_model)
+                       [vars(s) for s in records.iterations], metrics, clock, reward_model)
 
 
 def _references(data: ExpertData, env_id: str) -> References:
@@ -352,6 +368,7 @@ def train_bc(p: Params, data: ExpertData, env_id: str, env: gym.Env, refs: Refer
     obs_dim = obs_space.shape[0]
     model = SAC("MlpPolicy", env, policy_kwargs={"net_arch": list(p.train.net)}, seed=p.train.seed, device=device)
     records = Records()
+    clock = TrainClock()
 
     def evaluate(step: int) -> None:
         result = evaluate_policy(policy_fn(model.policy, env_id), env_id, refs, p.train.eval_episodes,
@@ -368,4 +385,4 @@ def train_bc(p: Params, data: ExpertData, env_id: str, env: gym.Env, refs: Refer
                    "final_normalized_return": records.curve[-1]["normalized_return"],
                    "best_normalized_return": max(r["normalized_return"] for r in records.curve)}
         out.mkdir(parents=True, exist_ok=True)
-        return _finish(out, folder, p, data, env_id, run, model, records.curve, [], metrics)
+        return _finish(out, folder, p, data, env_id, run, model, records.curve, [], metrics, clock)

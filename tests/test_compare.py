@@ -15,7 +15,7 @@ from smiling_pipeline.compare import RunCurve, load_runs, mean_curve, summarise,
 DATASET = "smiling/toy/expert-v0"
 
 
-def log_run(client, exp, algorithm, variant, seed, curve, states=5000, status="FINISHED", dvc_exp=None):
+def log_run(client, exp, algorithm, variant, seed, curve, states=5000, status="FINISHED", dvc_exp=None, seconds=None):
     tags = {"stage": "train", "dataset": DATASET, "algorithm": algorithm, "variant": variant, "rl": "sac",
             "seed": str(seed), "expert_states": str(states)}
     if dvc_exp:
@@ -23,6 +23,8 @@ def log_run(client, exp, algorithm, variant, seed, curve, states=5000, status="F
     run = client.create_run(exp, tags=tags)
     for step, value in curve:
         client.log_metric(run.info.run_id, "normalized_return", value, step=step)
+    if seconds is not None:
+        client.log_metric(run.info.run_id, "train_seconds", seconds)
     client.set_terminated(run.info.run_id, status=status)
     return run.info.run_id
 
@@ -35,7 +37,8 @@ def store(tmp_path):
     exp = client.create_experiment(DATASET)
     log_run(client, exp, "smiling", "state-only", 0, [(1000, 0.9), (2000, 0.9)])  # superseded by the rerun below
     for seed, final in enumerate([0.0, 0.2, 0.6, 1.0]):
-        log_run(client, exp, "smiling", "state-only", seed, [(1000, 0.1), (2000, final)], dvc_exp=f"cmp-s{seed}")
+        log_run(client, exp, "smiling", "state-only", seed, [(1000, 0.1), (2000, final)], dvc_exp=f"cmp-s{seed}",
+                seconds=90.0 * (seed + 1))
     log_run(client, exp, "smiling", "state-only", 7, [(1000, 5.0)], status="KILLED")
     for seed in range(3):
         log_run(client, exp, "bc", "state-action", seed, [(500, 0.5), (1000, 0.7 + 0.1 * seed)])
@@ -62,6 +65,10 @@ def test_comparison_table_plots_and_run_selection(store, tmp_path):
     assert "0.275 [0.15, 0.45]" in text or "0.275 [0.10, 0.45]" in text  # bootstrap interval of the mean
     assert table_row(text, "state-action", "BC", 5000)[:3] == [3, 0.65, 0.65]
     assert table_row(text, "state-only", "DAC", 200)[:2] == [3, 0.15]
+    # one row per run, named, with its final (mean of the last 3), last, best, AUC and training time
+    assert "| `cmp-s3` | state-only | SMILING | 3 | 0.550 | 1.000 | 1.000 | 0.550 | 6.0 min |" in text
+    assert sum(line.startswith("| `cmp-s") for line in text.splitlines()) == 4  # the latest run per seed
+    assert re.search(r"\| state-action \| BC \| 2 \| 0\.700 \| 0\.900 \| 0\.900 \| 0\.700 \| - \|", text)
     folder = tmp_path / "compare"
     assert sorted(p.name for p in folder.iterdir()) == [
         "comparison.md", "smiling-toy-expert-v0_curves.png", "smiling-toy-expert-v0_data_efficiency.png"]
@@ -162,6 +169,10 @@ def test_local_sweep_runs_each_cell_once_and_the_report_reads_their_records(reco
     text = (tmp_path / "cmp" / "comparison.md").read_text()
     assert "| state-only | SMILING [steps=100,termination=absorbing] | 1000 | 1 |" in text
     assert "| state-only | SMILING [steps=100] | 1000 | 1 |" in text
+    seconds = json.loads((results / "loc-ip-smiling-so-s0" / "run.json").read_text())["train_seconds"]
+    assert 0 < seconds < cell["wall_time_s"]  # training only, within its cell's process
+    assert "| `loc-ip-smiling-so-s0` | state-only | SMILING [steps=100] | 0 |" in text
+    assert f"| {seconds / 60:.1f} min |" in text and "* the cell process's wall time" not in text
     assert (tmp_path / "cmp" / "smiling-invertedpendulum-expert-v0_diagnostics.png").stat().st_size > 10_000
 
 

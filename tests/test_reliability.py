@@ -13,6 +13,7 @@ from pathlib import Path
 
 import gymnasium as gym
 import pytest
+import torch
 import yaml
 
 from conftest import DEMOS_DATASET, assert_user_error, make_dataset, run_cli, tree
@@ -64,6 +65,7 @@ def test_sigkill_then_resume_equals_an_uninterrupted_run(pretrained, tmp_path):
     assert outputs(tmp_path / "a") == outputs(tmp_path / "b")  # determinism
 
     killed = tmp_path / "killed"
+    started = time.time()
     proc = subprocess.Popen([CLI, "train", "--params", str(p), "--workdir", str(killed)], cwd=tmp_path,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     state = killed / "train" / "checkpoint" / "state.pt"
@@ -76,10 +78,17 @@ def test_sigkill_then_resume_equals_an_uninterrupted_run(pretrained, tmp_path):
     proc.wait()
     assert not (killed / "train_metrics" / "metrics.json").exists()
 
+    # the training time adds up over processes: the resumed run counts on from the checkpoint's figure
+    checkpointed = torch.load(state, weights_only=False)
+    assert 0 < checkpointed["train_seconds"] < time.time() - started
+    torch.save({**checkpointed, "train_seconds": 1000.0}, state)
+    before = time.monotonic()
     resumed = run_cli(["train", "--params", p, "--workdir", killed, "--resume"])
     assert resumed.exit_code == 0, resumed.output
     assert "resuming from the checkpoint at 800 env steps" in resumed.stderr
     assert outputs(killed) == outputs(tmp_path / "a")
+    seconds = json.loads((killed / "train_metrics" / "run.json").read_text())["train_seconds"]
+    assert 1000.0 < seconds < 1000.0 + time.monotonic() - before
 
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
     client = mlflow.MlflowClient()
