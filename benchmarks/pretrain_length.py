@@ -1,7 +1,8 @@
 """How long the expert score model must pre-train: validation loss against AdamW steps on expert datasets.
 
-Run:  .venv/bin/python benchmarks/pretrain_length.py [--datasets ID ...] [--steps 30000] [--seeds 0 1]
-      -> reports/locomotion/pretrain_length.json and .png (--plot-only redraws the PNG from the JSON)
+Run:  .venv/bin/python benchmarks/pretrain_length.py [--datasets ID ...] [--variants state-only ...] [--steps 30000]
+      [--seeds 0 1] -> reports/locomotion/pretrain_length.json and .png (rows of other configurations already in
+      the JSON are kept; --plot-only redraws the PNG from the JSON)
 
 For each dataset, state-only and state-action, ingest as the pipeline does (5,000 expert states, 10 %
 held out) and fit the default score model (``ScoreConfig``, ``PretrainConfig`` batch, lr and weight
@@ -30,10 +31,11 @@ sys.path.insert(0, str(ROOT))
 from smiling_pipeline.config import IngestConfig, PretrainConfig, ScoreConfig  # noqa: E402
 from smiling_pipeline.demos import use_minari_root  # noqa: E402
 from smiling_pipeline.ingest import ingest, load_expert_data  # noqa: E402
-from smiling_pipeline.report import plt  # noqa: E402
+from smiling_pipeline.report import plt, steps_axis  # noqa: E402
 from smiling_pipeline.score import FitSettings, ScoreModel, fit  # noqa: E402
 
 DATASETS = ("smiling/hopper/expert-v0", "smiling/walker2d/expert-v0", "smiling/halfcheetah/expert-v0")
+VARIANTS = ("state-only", "state-action")
 REPEATS = 20
 EVAL_EVERY = 500
 
@@ -60,6 +62,7 @@ def main() -> None:
     parser.add_argument("--datasets", nargs="+", default=list(DATASETS))
     parser.add_argument("--steps", type=int, default=30_000)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS))
     parser.add_argument("--minari-root", default=str(ROOT / "data" / "minari"))
     parser.add_argument("--out", type=Path, default=ROOT / "reports" / "locomotion")
     parser.add_argument("--plot-only", action="store_true", help="Redraw the PNG from the JSON in --out.")
@@ -69,9 +72,11 @@ def main() -> None:
         return
     torch.set_num_threads(1)
     use_minari_root(args.minari_root)
-    results = []
+    path = args.out / "pretrain_length.json"
+    results = json.loads(path.read_text()) if path.is_file() else []
     for dataset in args.datasets:
-        for with_actions in (False, True):
+        for variant in args.variants:
+            with_actions = variant == "state-action"
             with tempfile.TemporaryDirectory() as tmp:
                 ingest(IngestConfig(dataset=dataset, with_actions=with_actions), Path(tmp))
                 data = load_expert_data(Path(tmp))
@@ -82,14 +87,15 @@ def main() -> None:
                        "dim": data.dim, "seed": seed, "seconds": round(time.perf_counter() - start, 1),
                        "val_loss": points, "min_step": min(points, key=lambda p: p[1])[0],
                        "within_1pct_step": first_within(points)}
+                results = [r for r in results if (r["dataset"], r["variant"], r["seed"]) != (dataset, variant, seed)]
                 results.append(row)
+                args.out.mkdir(parents=True, exist_ok=True)
+                path.write_text(json.dumps(results, indent=1) + "\n")  # each finished configuration is kept
                 at = {s: v for s, v in points}
                 print(f"{dataset} {row['variant']} seed {seed}: loss at 2k {at.get(2000, float('nan')):.4f}, "
                       f"5k {at.get(5000, float('nan')):.4f}, 10k {at.get(10000, float('nan')):.4f}, "
                       f"20k {at.get(20000, float('nan')):.4f}, last {points[-1][1]:.4f}; minimum at "
                       f"{row['min_step']}, within 1 % from {row['within_1pct_step']} ({row['seconds']:.0f} s)", flush=True)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "pretrain_length.json").write_text(json.dumps(results, indent=1) + "\n")
     plot(results, args.out / "pretrain_length.png")
 
 
@@ -97,13 +103,14 @@ def plot(results: list[dict], path: Path) -> None:
     """Held-out loss against steps, one panel per dataset, with the old (2k) and current default lengths."""
     datasets = sorted({r["dataset"] for r in results})
     fig, axes = plt.subplots(1, len(datasets), figsize=(4.4 * len(datasets), 3.4), dpi=110, squeeze=False)
-    for ax, dataset in zip(axes[0], datasets):
-        for row in (r for r in results if r["dataset"] == dataset):
-            steps, losses = zip(*row["val_loss"])
+    for ax, dataset in zip(axes[0], datasets, strict=True):
+        for row in sorted((r for r in results if r["dataset"] == dataset), key=lambda r: (r["variant"], r["seed"])):
+            steps, losses = zip(*row["val_loss"], strict=True)
             ax.plot(steps, losses, label=f"{row['variant']} s{row['seed']}")
         ax.axvline(2_000, color="grey", ls=":", lw=1, label="2k (earlier default)")
         ax.axvline(PretrainConfig().steps, color="black", ls="--", lw=1, label=f"{PretrainConfig().steps // 1000}k (default)")
         ax.set(title=dataset, xlabel="pre-training steps", ylabel="held-out denoising loss")
+        steps_axis(ax)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.tight_layout()

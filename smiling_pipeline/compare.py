@@ -19,7 +19,7 @@ import numpy as np
 
 from smiling_pipeline.errors import UserError
 from smiling_pipeline.io import atomic_dir
-from smiling_pipeline.report import plt
+from smiling_pipeline.report import plt, steps_axis
 
 VARIANTS = ("state-only", "state-action")
 COLORS = {"smiling": "tab:blue", "dac": "tab:orange", "bc": "tab:green"}
@@ -28,7 +28,8 @@ ABLATION_COLORS = ("tab:purple", "tab:red", "tab:brown", "tab:pink", "tab:olive"
 
 
 DIAGNOSTICS = {"reward_mean_expert": "DS-divergence estimate\n(mean reward on expert states)",
-               "reward_true_corr": "correlation of the reward with\nthe true reward (learner states)"}
+               "reward_true_corr": "correlation of the reward with the true reward\n(learner states; moving mean of 10 iterations)"}
+SMOOTH = {"reward_true_corr": 10}  # iterations averaged in the diagnostics plot: one iteration's value is noisy
 FINAL_EVALS = 3  # "final" = the mean of the last evaluations: one evaluation swings with a single episode
 
 
@@ -218,19 +219,31 @@ def _default_states(runs: list[RunCurve]) -> int:
     return max(counts, key=lambda n: (counts[n], n))
 
 
+def _panel(groups: dict[tuple[str, str, str, int], list[RunCurve]], dataset: str, variant: str,
+           states: int) -> list[tuple[str, str, list[RunCurve]]]:
+    """The (label, colour, runs) of one plot panel: defaults in their method's colour, ablations each in
+    one of their own, the same in every plot of the report."""
+    out, ablations = [], 0
+    for (d, v, label, n), group in sorted(groups.items()):
+        if d != dataset or v != variant or n != states:
+            continue
+        if group[0].config == "default":
+            color = COLORS.get(group[0].algorithm, "black")
+        else:
+            color, ablations = ABLATION_COLORS[ablations % len(ABLATION_COLORS)], ablations + 1
+        out.append((label, color, group))
+    return out
+
+
 def plot_learning_curves(path: Path, dataset: str, groups: dict[tuple[str, str, str, int], list[RunCurve]],
                          states: int) -> None:
-    """State-only and state-action panels side by side; BC (no env steps) is a horizontal band."""
-    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8), dpi=110, sharey=True)
-    for ax, variant in zip(axes, VARIANTS, strict=True):
-        ablations = 0
-        for (d, v, label, n), group in sorted(groups.items()):
-            if d != dataset or v != variant or n != states:
-                continue
-            if group[0].config == "default":
-                color = COLORS.get(group[0].algorithm)
-            else:
-                color, ablations = ABLATION_COLORS[ablations % len(ABLATION_COLORS)], ablations + 1
+    """State-only and state-action panels side by side (only those with runs); BC (no env steps) is a
+    horizontal band."""
+    variants = [v for v in VARIANTS if _panel(groups, dataset, v, states)] or list(VARIANTS)
+    fig, axes = plt.subplots(1, len(variants), figsize=(1 + 5 * len(variants) if len(variants) > 1 else 8, 3.8), dpi=110,
+                             sharey=True, squeeze=False)
+    for ax, variant in zip(axes[0], variants, strict=True):
+        for label, color, group in _panel(groups, dataset, variant, states):
             name = f"{label} (n={len(group)})"
             if group[0].algorithm == "bc":
                 summary = summarise(group)
@@ -242,12 +255,13 @@ def plot_learning_curves(path: Path, dataset: str, groups: dict[tuple[str, str, 
             ax.fill_between(x, lo, hi, color=color, alpha=0.2)
         ax.axhline(1.0, color="grey", lw=1, ls=":")
         ax.set(title=f"{variant}", xlabel="env steps")
+        steps_axis(ax)
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=8, loc="best")
         else:
             ax.text(0.5, 0.5, "no runs", ha="center", va="center", transform=ax.transAxes, color="grey")
-    axes[0].set_ylabel("normalized return")
+    axes[0, 0].set_ylabel("normalized return")
     fig.suptitle(f"{dataset}: {states} expert states, mean and 95% bootstrap CI over seeds")
     fig.tight_layout()
     fig.savefig(path, format="png")
@@ -260,16 +274,17 @@ def plot_diagnostics(path: Path, dataset: str, groups: dict[tuple[str, str, str,
     fig, axes = plt.subplots(1, len(DIAGNOSTICS), figsize=(11, 3.6), dpi=110)
     drawn = False
     for ax, (metric, title) in zip(axes, DIAGNOSTICS.items(), strict=True):
-        for i, ((d, v, label, n), group) in enumerate(sorted(groups.items())):
-            if d != dataset or v != "state-only" or n != states:
-                continue
-            color = f"C{i % 10}"
+        for label, color, group in _panel(groups, dataset, "state-only", states):
             for j, c in enumerate(group):
                 points = c.diagnostics.get(metric, ())
                 if points:
                     drawn = True
-                    ax.plot(*zip(*points, strict=True), color=color, lw=0.8, alpha=0.8, label=label if j == 0 else None)
+                    x, y = (np.array(a) for a in zip(*points, strict=True))
+                    w = min(SMOOTH.get(metric, 1), len(y))
+                    y = np.convolve(y, np.ones(w) / w, mode="valid")  # trailing moving mean
+                    ax.plot(x[w - 1:], y, color=color, lw=0.8, alpha=0.8, label=label if j == 0 else None)
         ax.set(title=title, xlabel="env steps")
+        steps_axis(ax)
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=7)

@@ -20,6 +20,16 @@ from smiling_pipeline.io import atomic_file  # noqa: E402
 Curve = Sequence[tuple[float, float]]
 
 
+def steps_axis(ax: Any) -> None:
+    """Label a step axis in k / M (200k, not 200000), so the ticks of long runs do not run together."""
+    from matplotlib.ticker import FuncFormatter
+
+    def label(x: float, _pos: int) -> str:
+        return f"{x / 1e6:g}M" if abs(x) >= 1e6 else f"{x / 1e3:g}k" if abs(x) >= 1e3 else f"{x:g}"
+
+    ax.xaxis.set_major_formatter(FuncFormatter(label))
+
+
 def plot_curves(path: Path, title: str, xlabel: str, ylabel: str, curves: dict[str, Curve],
                 hline: float | None = None, yscale: str = "linear") -> Path:
     """One PNG with a line per named curve of (x, y) points."""
@@ -32,6 +42,8 @@ def plot_curves(path: Path, title: str, xlabel: str, ylabel: str, curves: dict[s
         ax.axhline(hline, color="grey", ls="--", lw=1)
     ax.set_yscale(yscale)
     ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
+    if "steps" in xlabel:
+        steps_axis(ax)
     ax.grid(alpha=0.3)
     if len(curves) > 1:
         ax.legend()
