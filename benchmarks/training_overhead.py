@@ -1,6 +1,6 @@
 """Training overhead: env steps per second of SMILING vs plain SB3 SAC on the environment's reward.
 
-Run:  .venv/bin/python benchmarks/training_overhead.py [--quick]      (also part of benchmarks/run_all.py)
+Run:  .venv/bin/python benchmarks/training_overhead.py [--quick] [--env ID] [--draws-refit]   (also part of run_all.py)
 
 Both learners are built the way ``smiling-cli train`` builds them, in one process, one torch thread:
 
@@ -127,7 +127,9 @@ class Learner:
 
     def __init__(self, algo: str, env_id: str, net: tuple[int, ...], seed: int, steps: int, expert: Any,
                  expert_val: np.ndarray, prefill: int = 0, k: Optional[int] = None):
-        """``algo``: sac, smiling (the default precision) or smiling_float32."""
+        """``algo``: sac, smiling (the default precision), smiling_float32 or smiling_draws_refit
+        (``cost.draws: refit``: new estimator draws at every refit, so both halves of a row's reward are
+        recomputed after each refit instead of the learner half only)."""
         from stable_baselines3 import SAC
 
         from smiling_pipeline.config import CostConfig, TrainConfig
@@ -154,6 +156,8 @@ class Learner:
             from smiling_pipeline.rl import LearnerRefit, SmilingReward
 
             cost_cfg = CostConfig() if k is None else dataclasses.replace(CostConfig(), timesteps=k)
+            if algo == "smiling_draws_refit":
+                cost_cfg = dataclasses.replace(cost_cfg, draws="refit")
             reward = SmilingReward(expert, cost_cfg, None, seed, torch.float32 if algo == "smiling_float32" else PRECISION)
             self.model = build_model(cfg, self.env, torch.device("cpu"), None)
             self.model.replay_buffer.reward_model = reward
@@ -258,6 +262,7 @@ def pair_rows(runs: list[RunResult]) -> dict:
     sac = [r for r in runs if r.algo == "sac"]
     smi = [r for r in runs if r.algo == "smiling"]
     f32 = [r for r in runs if r.algo == "smiling_float32"]
+    refit = [r for r in runs if r.algo == "smiling_draws_refit"]
     ratios = [b.seconds / a.seconds for a, b in zip(sac, smi)]
     s = smi[0]
     med = lambda xs: statistics.median(xs)  # noqa: E731
@@ -267,6 +272,8 @@ def pair_rows(runs: list[RunResult]) -> dict:
         "sac_steps_per_s": med([r.steps_per_s for r in sac]), "smiling_steps_per_s": med([r.steps_per_s for r in smi]),
         "ratio": med(ratios), "ratios": ratios, "meets_target": med(ratios) <= TARGET_RATIO,
         "ratio_float32": med([b.seconds / a.seconds for a, b in zip(sac, f32)]) if f32 else None,
+        "ratio_draws_refit": med([b.seconds / a.seconds for a, b in zip(sac, refit)]) if refit else None,
+        "draws_refit_vs_run": med([b.seconds / a.seconds for a, b in zip(smi, refit)]) if refit else None,
         "smiling_reward_share": med([r.reward_seconds / r.seconds for r in smi]),
         "smiling_refit_share": med([r.refit_seconds / r.seconds for r in smi]),
         "refit_seconds_each": med([r.refit_seconds / max(r.refits, 1) for r in smi]),
@@ -277,9 +284,15 @@ def pair_rows(runs: list[RunResult]) -> dict:
     }
 
 
-def run(quick: bool = False, log: Callable[[str], None] = print, late: bool = True) -> dict:
+def run(quick: bool = False, log: Callable[[str], None] = print, late: bool = True, draws_refit: bool = False,
+        envs: Optional[list[str]] = None) -> dict:
+    """``draws_refit``: add SMILING with ``cost.draws: refit`` to every lockstep; ``envs``: only these envs."""
     torch.set_num_threads(1)
     st = QUICK if quick else FULL
+    if envs:
+        st = dataclasses.replace(st, envs={e: n for e, n in st.envs.items() if e in envs},
+                                 late=tuple(row for row in st.late if row[0] in envs))
+    extra_algos = ("smiling_draws_refit",) if draws_refit else ()
     experts: dict[str, tuple[Any, np.ndarray]] = {}
     rows = []
     configs = [(env_id, net, 0, steps) for env_id, steps in st.envs.items() for net in st.nets]
@@ -291,7 +304,7 @@ def run(quick: bool = False, log: Callable[[str], None] = print, late: bool = Tr
         runs = []
         for rep in range(st.repeats):
             # below NARROW_MIN_DIM the default precision computes exactly what float32 does
-            algos = st.algos if expert.dim >= NARROW_MIN_DIM else ("sac", "smiling")
+            algos = (st.algos if expert.dim >= NARROW_MIN_DIM else ("sac", "smiling")) + extra_algos
             pair = [Learner(algo, env_id, net, rep, steps, expert, val, prefill=prefill) for algo in algos]
             lockstep(pair, steps, st.chunk)
             for ln in pair:
@@ -305,7 +318,9 @@ def run(quick: bool = False, log: Callable[[str], None] = print, late: bool = Tr
         rows.append(row)
         log(f"overhead: {env_id} net {net} prefill {prefill:,}: SAC {row['sac_steps_per_s']:.1f} steps/s, SMILING "
             f"{row['smiling_steps_per_s']:.1f} steps/s, ratio {row['ratio']:.2f} ({'meets' if row['meets_target'] else 'misses'} "
-            f"<= {TARGET_RATIO})" + (f"; float32 ratio {row['ratio_float32']:.2f}" if row["ratio_float32"] else ""))
+            f"<= {TARGET_RATIO})" + (f"; float32 ratio {row['ratio_float32']:.2f}" if row["ratio_float32"] else "")
+            + (f"; draws=refit ratio {row['ratio_draws_refit']:.2f} ({row['draws_refit_vs_run']:.2f}x the default's time)"
+               if row["ratio_draws_refit"] else ""))
     return {"settings": dataclasses.asdict(st), "target_ratio": TARGET_RATIO, "threads": torch.get_num_threads(),
             "precision": dtype_name(PRECISION), "rows": rows}
 
@@ -314,9 +329,11 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--no-late", action="store_true", help="skip the pre-filled-buffer rows")
+    ap.add_argument("--draws-refit", action="store_true", help="also time SMILING with cost.draws: refit")
+    ap.add_argument("--env", action="append", help="only this env (repeatable), e.g. --env Hopper-v5")
     ap.add_argument("--json", help="write the results here")
     args = ap.parse_args(argv)
-    res = run(args.quick, late=not args.no_late)
+    res = run(args.quick, late=not args.no_late, draws_refit=args.draws_refit, envs=args.env)
     if args.json:
         Path(args.json).write_text(json.dumps(res, indent=2))
     return 0
