@@ -142,6 +142,7 @@ def load_policy(ref: str, algorithm: str = "sac", device: str = "cpu") -> Any:
 def policy_fn(policy: Any, env_id: str) -> Policy:
     """Deterministic action function of an SB3 policy, checked against the environment's spaces."""
     env = gym.make(env_id)
+    env.close()  # only its spaces are needed
     if policy.observation_space.shape != env.observation_space.shape or policy.action_space.shape != env.action_space.shape:
         raise UserError(f"policy expects obs {policy.observation_space.shape} / actions {policy.action_space.shape} but "
                         f"{env_id} has {env.observation_space.shape} / {env.action_space.shape}")

@@ -185,3 +185,13 @@ def test_a_cell_claimed_by_one_sweep_process_is_skipped_by_another(tmp_path):
     again = _claim(tmp_path)
     assert again is not None
     again.close()
+
+
+def test_step_axes_read_in_thousands_and_millions():
+    from smiling_pipeline.report import plt, steps_axis
+
+    fig, ax = plt.subplots()
+    steps_axis(ax)
+    label = ax.xaxis.get_major_formatter()
+    assert [label(x, 0) for x in (0, 500, 5_000, 200_000, 1_500_000)] == ["0", "500", "5k", "200k", "1.5M"]
+    plt.close(fig)
