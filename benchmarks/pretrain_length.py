@@ -30,7 +30,7 @@ sys.path.insert(0, str(ROOT))
 
 from smiling_pipeline.config import IngestConfig, PretrainConfig, ScoreConfig  # noqa: E402
 from smiling_pipeline.demos import use_minari_root  # noqa: E402
-from smiling_pipeline.ingest import ingest, load_expert_data  # noqa: E402
+from smiling_pipeline.ingest import ExpertData, ingest, load_expert_data  # noqa: E402
 from smiling_pipeline.report import plt, steps_axis  # noqa: E402
 from smiling_pipeline.score import FitSettings, ScoreModel, fit  # noqa: E402
 
@@ -38,6 +38,13 @@ DATASETS = ("smiling/hopper/expert-v0", "smiling/walker2d/expert-v0", "smiling/h
 VARIANTS = ("state-only", "state-action")
 REPEATS = 20
 EVAL_EVERY = 500
+
+
+def ingested(dataset: str, with_actions: bool) -> ExpertData:
+    """The dataset ingested as the pipeline does (5,000 expert states, 10 % held out), in a temporary folder."""
+    with tempfile.TemporaryDirectory() as tmp:
+        ingest(IngestConfig(dataset=dataset, with_actions=with_actions), Path(tmp))
+        return load_expert_data(Path(tmp))
 
 
 def curve(train: np.ndarray, val: np.ndarray, mean: np.ndarray, std: np.ndarray, steps: int, seed: int
@@ -77,9 +84,7 @@ def main() -> None:
     for dataset in args.datasets:
         for variant in args.variants:
             with_actions = variant == "state-action"
-            with tempfile.TemporaryDirectory() as tmp:
-                ingest(IngestConfig(dataset=dataset, with_actions=with_actions), Path(tmp))
-                data = load_expert_data(Path(tmp))
+            data = ingested(dataset, with_actions)
             for seed in args.seeds:
                 start = time.perf_counter()
                 points = curve(data.train, data.val, data.mean, data.std, args.steps, seed)

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import tempfile
 from pathlib import Path
 
 import gymnasium as gym
@@ -25,14 +24,14 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from smiling_pipeline.config import IngestConfig, PretrainConfig, ScoreConfig  # noqa: E402
+from smiling_pipeline.config import PretrainConfig, ScoreConfig  # noqa: E402
 from smiling_pipeline.cost import draw, grid_terms, model_errors  # noqa: E402
 from smiling_pipeline.demos import use_minari_root  # noqa: E402
-from smiling_pipeline.ingest import env_id_of, ingest, load_expert_data  # noqa: E402
+from smiling_pipeline.ingest import env_id_of  # noqa: E402
 from smiling_pipeline.score import FitSettings, ScoreModel, fit  # noqa: E402
-
-DATASETS = ("smiling/hopper/expert-v0", "smiling/walker2d/expert-v0", "smiling/halfcheetah/expert-v0")
+from pretrain_length import DATASETS, ingested  # noqa: E402  (the same ingestion and datasets)
 
 
 def forward_velocity_index(env_id: str) -> int:
@@ -46,9 +45,7 @@ def forward_velocity_index(env_id: str) -> int:
 
 def sensitivity(dataset: str, steps: int) -> dict:
     """Per-dimension rise of the expert model's error on held-out expert states."""
-    with tempfile.TemporaryDirectory() as tmp:
-        ingest(IngestConfig(dataset=dataset, with_actions=False), Path(tmp))
-        data = load_expert_data(Path(tmp))
+    data = ingested(dataset, with_actions=False)
     env_id = env_id_of(data.meta)
     torch.manual_seed(0)
     model = ScoreModel(data.dim, ScoreConfig(), data.mean, data.std)
