@@ -213,13 +213,13 @@ def _tags(p: Params, data: ExpertData) -> dict[str, str]:
 
 def _finish(out: Path, folder: Path, p: Params, data: ExpertData, env_id: str, run: Any, policy: Any,
             curve: list[dict[str, float]], iterations: list[dict[str, float]], metrics: dict[str, Any],
-            clock: TrainClock, reward_model: Optional[Any] = None) -> dict[str, Any]:
+            train_seconds: float, reward_model: Optional[Any] = None) -> dict[str, Any]:
     """Write the policy, records and plot, and log the policy (and reward model) to MLflow. The training
     time goes to ``run.json`` (what made the run), so ``metrics.json`` stays the same for the same seed."""
     import mlflow
 
     info = {"dataset_id": data.meta["dataset_id"], "env_id": env_id, "algorithm": p.train.algorithm,
-            "tags": _tags(p, data), "train_seconds": round(clock.seconds(), 1),
+            "tags": _tags(p, data), "train_seconds": round(train_seconds, 1),
             "mlflow_run_id": run.info.run_id, "policy_uri": tracking.log_torch_model(policy.policy.cpu(), "policy")}
     policy.save(out / "policy.zip")
     if isinstance(reward_model, SmilingReward):
@@ -341,7 +341,7 @@ def train(p: Params, data: ExpertData, expert: Optional[ScoreModel], workdir: Pa
             "iterations": refit.iteration,
         }
         return _finish(out, folder, p, data, env_id, run, model, records.curve,
-                       [vars(s) for s in records.iterations], metrics, clock, reward_model)
+                       [vars(s) for s in records.iterations], metrics, clock.seconds(), reward_model)
 
 
 def _references(data: ExpertData, env_id: str) -> References:
@@ -385,4 +385,4 @@ def train_bc(p: Params, data: ExpertData, env_id: str, env: gym.Env, refs: Refer
                    "final_normalized_return": records.curve[-1]["normalized_return"],
                    "best_normalized_return": max(r["normalized_return"] for r in records.curve)}
         out.mkdir(parents=True, exist_ok=True)
-        return _finish(out, folder, p, data, env_id, run, model, records.curve, [], metrics, clock)
+        return _finish(out, folder, p, data, env_id, run, model, records.curve, [], metrics, clock.seconds())
