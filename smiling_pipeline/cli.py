@@ -355,8 +355,9 @@ def report(
         "--compare", help="Compare all finished train runs in the MLflow store over seeds and algorithms.")] = False,
     exp_prefix: Annotated[Optional[str], typer.Option(
         "--exp-prefix", help="With --compare: only DVC experiments or sweep cells whose name starts with this, e.g. cmp-.")] = None,
-    cells: Annotated[Optional[Path], typer.Option(
-        "--cells", help="With --compare: also read the records of finished sweep cells in this folder (sweep --backend local).")] = None,
+    cells: Annotated[Optional[list[Path]], typer.Option(
+        "--cells", help="With --compare: also read the records of finished sweep cells in this folder (sweep --backend "
+        "local); repeat for several.")] = None,
     no_mlflow: Annotated[bool, typer.Option("--no-mlflow", help="With --compare and --cells: read only the cells.")] = False,
     params: ParamsOpt = None,
     workdir: WorkdirOpt = None,
@@ -367,10 +368,11 @@ def report(
         from smiling_pipeline.compare import write_comparison
         from smiling_pipeline.tracking import tracking_uri
 
-        if cells is not None and not cells.is_dir():
-            raise UserError(f"--cells {cells} is not a folder")
+        for folder in cells or []:
+            if not folder.is_dir():
+                raise UserError(f"--cells {folder} is not a folder")
         uri = None if no_mlflow else tracking_uri()
-        written = write_comparison(uri, out or Path("reports/compare"), dataset, exp_prefix, cells)
+        written = write_comparison(uri, out or Path("reports/compare"), dataset, exp_prefix, cells or [])
         typer.echo(f"comparison written: {written}")
         return
     if exp_prefix or cells or no_mlflow:

@@ -1,8 +1,9 @@
 """Comparison report across runs in the MLflow store: SMILING vs baselines over seeds (``report --compare``).
 
-Reads the finished ``train`` runs, groups them by dataset, variant (state-only / state-action),
-algorithm and number of expert states, and writes learning curves with 95% confidence bands, a
-table of final normalized returns (mean, standard error, IQM) and a data-efficiency plot.
+Reads the finished ``train`` runs (and committed sweep-cell records), groups them by dataset, variant
+(state-only / state-action), algorithm and number of expert states, and writes an overview of who leads
+where, learning curves with 95% confidence bands, tables of final normalized returns (mean, IQM, AUC)
+per group and per run, diagnostics and a data-efficiency plot.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import re
 import warnings
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -19,7 +20,7 @@ import numpy as np
 
 from smiling_pipeline.errors import UserError
 from smiling_pipeline.io import atomic_dir
-from smiling_pipeline.report import plt, steps_axis
+from smiling_pipeline.report import plt, short_steps, steps_axis
 
 VARIANTS = ("state-only", "state-action")
 COLORS = {"smiling": "tab:blue", "dac": "tab:orange", "bc": "tab:green"}
@@ -31,6 +32,7 @@ DIAGNOSTICS = {"reward_mean_expert": "DS-divergence estimate\n(mean reward on ex
                "reward_true_corr": "correlation of the reward with the true reward\n(learner states; moving mean of 10 iterations)"}
 SMOOTH = {"reward_true_corr": 10}  # iterations averaged in the diagnostics plot: one iteration's value is noisy
 FINAL_EVALS = 3  # "final" = the mean of the last evaluations: one evaluation swings with a single episode
+MIN_SEEDS = 3  # the overview names a leader only when every method in the row has this many seeds
 
 
 @dataclass(frozen=True)
@@ -237,11 +239,11 @@ def _panel(groups: dict[tuple[str, str, str, int], list[RunCurve]], dataset: str
 
 def plot_learning_curves(path: Path, dataset: str, groups: dict[tuple[str, str, str, int], list[RunCurve]],
                          states: int) -> None:
-    """State-only and state-action panels side by side (only those with runs); BC (no env steps) is a
-    horizontal band."""
+    """State-only and state-action panels side by side (only those with runs), on one step axis; BC (no env
+    steps) is a horizontal band."""
     variants = [v for v in VARIANTS if _panel(groups, dataset, v, states)] or list(VARIANTS)
     fig, axes = plt.subplots(1, len(variants), figsize=(1 + 5 * len(variants) if len(variants) > 1 else 8, 3.8), dpi=110,
-                             sharey=True, squeeze=False)
+                             sharex=True, sharey=True, squeeze=False)
     for ax, variant in zip(axes[0], variants, strict=True):
         for label, color, group in _panel(groups, dataset, variant, states):
             name = f"{label} (n={len(group)})"
@@ -335,6 +337,46 @@ def _ci(point: float, ci: tuple[float, float]) -> str:
     return f"{point:.3f} [{ci[0]:.2f}, {ci[1]:.2f}]"
 
 
+def _leader(row: dict[str, Summary]) -> str:
+    """The method whose final interval lies above every other's in the row, when each has 3+ seeds."""
+    if len(row) < 2:
+        return "-"
+    if min(s.seeds for s in row.values()) < MIN_SEEDS:
+        return f"fewer than {MIN_SEEDS} seeds"
+    for label, s in row.items():
+        if all(s.mean_ci[0] > o.mean_ci[1] for other, o in row.items() if other != label):
+            return f"**{label}**"
+    return "none (intervals overlap)"
+
+
+def overview(groups: dict[tuple[str, str, str, int], list[RunCurve]], summaries: list[Summary]) -> list[str]:
+    """Who leads where: per dataset and variant, each method's final with its default settings (ablations are
+    in the dataset's section) at the dataset's usual expert-state count, and the env steps the runs took."""
+    rows: dict[tuple[str, str], dict[str, Summary]] = defaultdict(dict)
+    budgets: dict[tuple[str, str], set[int]] = defaultdict(set)
+    states = {d: _default_states([c for g in groups.values() for c in g if c.dataset == d])
+              for d in {k[0] for k in groups}}
+    for (d, v, label, n), s in zip(sorted(groups), summaries, strict=True):
+        group = groups[(d, v, label, n)]
+        if group[0].config == "default" and n == states[d]:
+            rows[(d, v)][label] = s
+            budgets[(d, v)] |= {c.steps[-1] for c in group if c.algorithm != "bc"}
+    labels = sorted({label for row in rows.values() for label in row},
+                    key=lambda label: (list(COLORS).index(label.lower()) if label.lower() in COLORS else len(COLORS), label))
+    lines = ["## Overview", "",
+             f"Final mean [95% CI] (seeds) of each method with its default settings. Leader: the method whose interval "
+             f"lies above all others' in its row, named only when every method there has {MIN_SEEDS} or more seeds. "
+             "Env steps: the runs' training budget (BC takes no env steps).", "",
+             "| dataset | variant | env steps | " + " | ".join(labels) + " | leader |",
+             "|---|---|---|" + "---:|" * len(labels) + "---|"]
+    for (d, v), row in sorted(rows.items(), key=lambda item: (item[0][0], VARIANTS.index(item[0][1]))):
+        budget = "-" if not budgets[(d, v)] else "-".join(short_steps(b) for b in sorted(budgets[(d, v)]))
+        cells = [f"{_ci(row[label].mean, row[label].mean_ci)} ({row[label].seeds})" if label in row else "-"
+                 for label in labels]
+        lines.append(f"| {d} | {v} | {budget} | " + " | ".join(cells) + f" | {_leader(row)} |")
+    return [*lines, ""]
+
+
 def run_table(runs: list[RunCurve]) -> list[str]:
     """One row per run: its final, last, best and AUC, and how long it trained."""
     lines = ["| run | variant | algorithm | seed | final | last | best | AUC | training time |",
@@ -349,16 +391,29 @@ def run_table(runs: list[RunCurve]) -> list[str]:
     return lines
 
 
+def _check_replaceable(out: Path) -> None:
+    """The report replaces its folder whole, so that folder may hold only an earlier report (its markdown and
+    plots): anything else in it would be lost."""
+    if not out.is_dir():
+        return
+    other = sorted(p.name for p in out.iterdir() if p.name != "comparison.md" and p.suffix != ".png")
+    if other:
+        raise UserError(f"--out {out} holds other files ({', '.join(other[:3])}{', ...' if len(other) > 3 else ''}) "
+                        "and the comparison replaces its folder whole: give a new folder or one with an earlier comparison")
+
+
 def write_comparison(tracking_uri: Optional[str], out: Path, dataset: Optional[str] = None,
-                     exp_prefix: Optional[str] = None, cells: Optional[Path] = None) -> Path:
+                     exp_prefix: Optional[str] = None, cells: Sequence[Path] = ()) -> Path:
     """Plots and ``comparison.md`` in ``out`` (replaced as a whole, so a failure leaves the old report), from
-    the MLflow store's finished runs and (``cells``) committed sweep-cell records; MLflow wins on overlap."""
-    if tracking_uri is None and cells is None:
+    the MLflow store's finished runs and the committed sweep-cell records in ``cells`` (folders); on overlap
+    MLflow wins, then the earlier folder."""
+    if tracking_uri is None and not cells:
         raise UserError("nothing to compare: give an MLflow store or a folder of sweep cells")
+    _check_replaceable(out)
     runs = merge_runs(load_runs(tracking_uri, dataset, exp_prefix) if tracking_uri else [],
-                      load_cells(cells, dataset, exp_prefix) if cells else [])
+                      *(load_cells(folder, dataset, exp_prefix) for folder in cells))
     if not runs:
-        where = " and ".join(([tracking_uri] if tracking_uri else []) + ([str(cells)] if cells else []))
+        where = " and ".join(([tracking_uri] if tracking_uri else []) + [str(folder) for folder in cells])
         which = "".join([f" of {dataset}" if dataset else "", f" named {exp_prefix}*" if exp_prefix else ""])
         raise UserError(f"no finished train runs{which} in {where}; run `smiling-cli train` or a sweep first")
     groups = _groups(runs)
@@ -368,7 +423,7 @@ def write_comparison(tracking_uri: Optional[str], out: Path, dataset: Optional[s
              "random policy 0, expert 1); AUC = the mean normalized return over the whole curve. Mean and "
              "interquartile mean (IQM, 25% trimmed) over seeds with 95% stratified-bootstrap intervals "
              "(rliable); with fewer than 4 seeds the IQM trims nothing and equals the mean. Bands in the "
-             "plots are 95% bootstrap intervals over seeds.", ""]
+             "plots are 95% bootstrap intervals over seeds.", "", *overview(groups, summaries)]
     with atomic_dir(out) as tmp:
         for d in sorted({c.dataset for c in runs}):
             slug, here = _slug(d), [c for c in runs if c.dataset == d]

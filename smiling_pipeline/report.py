@@ -20,14 +20,16 @@ from smiling_pipeline.io import atomic_file  # noqa: E402
 Curve = Sequence[tuple[float, float]]
 
 
+def short_steps(x: float) -> str:
+    """A step count in k / M: 200k, not 200000."""
+    return f"{x / 1e6:g}M" if abs(x) >= 1e6 else f"{x / 1e3:g}k" if abs(x) >= 1e3 else f"{x:g}"
+
+
 def steps_axis(ax: Any) -> None:
-    """Label a step axis in k / M (200k, not 200000), so the ticks of long runs do not run together."""
+    """Label a step axis in k / M, so the ticks of long runs do not run together."""
     from matplotlib.ticker import FuncFormatter
 
-    def label(x: float, _pos: int) -> str:
-        return f"{x / 1e6:g}M" if abs(x) >= 1e6 else f"{x / 1e3:g}k" if abs(x) >= 1e3 else f"{x:g}"
-
-    ax.xaxis.set_major_formatter(FuncFormatter(label))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _pos: short_steps(x)))
 
 
 def plot_curves(path: Path, title: str, xlabel: str, ylabel: str, curves: dict[str, Curve],

@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from conftest import assert_user_error, run_cli
-from smiling_pipeline.compare import RunCurve, load_runs, mean_curve, summarise, write_comparison
+from smiling_pipeline.compare import RunCurve, _groups, load_runs, mean_curve, overview, summarise, write_comparison
 
 DATASET = "smiling/toy/expert-v0"
 
@@ -75,6 +75,30 @@ def test_comparison_table_plots_and_run_selection(store, tmp_path):
     assert all(p.stat().st_size > 10_000 for p in folder.glob("*.png"))
 
 
+def overview_rows(runs):
+    groups = _groups(runs)
+    lines = overview(groups, [summarise(g) for _, g in sorted(groups.items())])
+    return [[c.strip() for c in line.strip("|").split("|")] for line in lines if line.startswith("| d |")]
+
+
+def test_overview_names_a_leader_only_when_intervals_part_with_enough_seeds():
+    def run(algorithm, seed, final, variant="state-only", config="default", states=10):
+        return RunCurve("d", variant, algorithm, "sac", config, states, seed, (1000, 2000), (final, final))
+
+    strong = [run("dac", s, f) for s, f in enumerate([0.9, 0.95, 1.0])]
+    weak = [run("smiling", s, f) for s, f in enumerate([0.1, 0.2, 0.15])]
+    ablation = [run("smiling", s, 5.0, config="linear=True") for s in range(3)]  # not an overview column
+    [row] = overview_rows(strong + weak + ablation)
+    assert row == ["d", "state-only", "2k", "0.150 [0.10, 0.20] (3)", "0.950 [0.90, 1.00] (3)", "**DAC**"]
+    assert overview_rows(strong + weak[:2])[0][-1] == "fewer than 3 seeds"
+    close = [run("smiling", s, f) for s, f in enumerate([0.85, 0.95, 1.05])]
+    assert overview_rows(strong + close)[0][-1] == "none (intervals overlap)"
+    bc = [run("bc", s, 0.5, variant="state-action") for s in range(3)]
+    rows = overview_rows(strong + bc)
+    assert [r[:3] for r in rows] == [["d", "state-only", "2k"], ["d", "state-action", "-"]]  # BC takes no env steps
+    assert rows[1][3:] == ["-", "0.500 [0.50, 0.50] (3)", "-"]  # columns DAC, BC: no DAC run here
+
+
 def test_exp_prefix_keeps_only_named_experiments(store):
     runs = load_runs(store, exp_prefix="cmp-")
     assert {(r.algorithm, r.seed) for r in runs} == {("smiling", s) for s in range(4)}
@@ -106,6 +130,13 @@ def test_compare_cli_writes_reports_and_refuses_an_empty_store(store, tmp_path, 
     assert_user_error(run_cli(["report", "--compare", "--out", tmp_path / "x", "--exp-prefix", "zzz-"]),
                       "no finished train runs", "zzz-")
     assert not (tmp_path / "x").exists()
+    kept = tmp_path / "mine" / "notes.md"  # the report replaces its folder: never one with other files in it
+    kept.parent.mkdir()
+    kept.write_text("keep me")
+    assert_user_error(run_cli(["report", "--compare", "--out", kept.parent]), "holds other files (notes.md)")
+    assert kept.read_text() == "keep me"
+    again = run_cli(["report", "--compare", "--out", tmp_path / "cmp"])  # an earlier report is replaced
+    assert again.exit_code == 0, again.output
 
 
 def test_sweep_expands_grids_and_validates_before_queueing(tmp_path):
@@ -164,7 +195,10 @@ def test_local_sweep_runs_each_cell_once_and_the_report_reads_their_records(reco
     assert tags["config"] == "steps=100,termination=absorbing" and tags["sweep_cell"] == "loc-ip-smiling-so-absorbing-s0"
     again = run_cli(args)  # finished cells are never run again
     assert again.exit_code == 0 and "ran 0 cells" in again.stdout, again.output
-    report = run_cli(["report", "--compare", "--cells", results, "--no-mlflow", "--out", tmp_path / "cmp"])
+    more = tmp_path / "more-cells"  # records of two sweeps, in two folders, go into one report
+    more.mkdir()
+    (results / "loc-ip-smiling-so-absorbing-s0").rename(more / "loc-ip-smiling-so-absorbing-s0")
+    report = run_cli(["report", "--compare", "--cells", results, "--cells", more, "--no-mlflow", "--out", tmp_path / "cmp"])
     assert report.exit_code == 0, report.output
     text = (tmp_path / "cmp" / "comparison.md").read_text()
     assert "| state-only | SMILING [steps=100,termination=absorbing] | 1000 | 1 |" in text
