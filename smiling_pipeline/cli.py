@@ -283,7 +283,7 @@ def train(
     eval_every: Annotated[Optional[int], typer.Option("--eval-every", min=1, help="Env steps between evaluations.")] = None,
     eval_episodes: Annotated[Optional[int], typer.Option("--eval-episodes", min=1, help="Episodes per evaluation.")] = None,
     checkpoint_every: Annotated[Optional[int], typer.Option("--checkpoint-every", min=1, help="Env steps between checkpoints.")] = None,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue from the last checkpoint in the workdir (same settings).")] = False,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue from the last checkpoint in the workdir (same settings; a larger --steps extends a finished run).")] = False,
     seed: SeedOpt = None,
     params: ParamsOpt = None,
     workdir: WorkdirOpt = None,

@@ -249,6 +249,24 @@ def attach(model: Any, reward_model: RewardModel, cfg: TrainConfig) -> SmilingRe
     return buffer
 
 
+def grow(buffer: SmilingReplayBuffer, size: int) -> None:
+    """Make room for ``size`` rows in a buffer that has not wrapped around (a run extended to more env steps),
+    each per-row array padded as a new buffer of that size would start it."""
+    if size <= buffer.buffer_size:
+        return
+    if buffer.full:
+        raise ValueError("a replay buffer that has wrapped around cannot grow")
+    fresh = type(buffer)(size, buffer.observation_space, buffer.action_space, device=buffer.device,
+                         optimize_memory_usage=buffer.optimize_memory_usage,
+                         handle_timeout_termination=buffer.handle_timeout_termination)
+    for name, rows in list(vars(buffer).items()):
+        if isinstance(rows, np.ndarray) and rows.shape[:1] == (buffer.buffer_size,):
+            padded = getattr(fresh, name)
+            padded[: buffer.buffer_size] = rows
+            setattr(buffer, name, padded)
+    buffer.buffer_size = size
+
+
 def check_relabelling(model: Any) -> None:
     """Fail loudly if SB3 trained without sampling through :meth:`SmilingReplayBuffer._get_samples`
     (a private hook): the learner would be optimising the environment's reward."""

@@ -46,6 +46,7 @@ from smiling_pipeline.rl import (
     SmilingReward,
     attach,
     check_relabelling,
+    grow,
 )
 from smiling_pipeline.runtime import dtype_name, resolve_device, resolve_precision
 from smiling_pipeline.score import ScoreModel, save_model, weights_hash
@@ -139,6 +140,9 @@ def build_model(cfg: TrainConfig, env: gym.Env, device: torch.device, resume_fro
         except Exception as e:
             raise UserError(f"checkpoint {resume_from} is unreadable ({e.__class__.__name__}); "
                             "remove it and train without --resume") from e
+        if model.num_timesteps <= cfg.steps:  # room for a larger budget (an extended run)
+            grow(model.replay_buffer, cfg.steps + 1)
+            model.buffer_size = cfg.steps + 1
         return model
     extra = {"ent_coef": cfg.ent_coef} if cfg.rl == "sac" else {}
     return algo("MlpPolicy", env, **extra, learning_rate=cfg.lr, buffer_size=cfg.steps + 1,
@@ -246,6 +250,20 @@ def refit_due(steps: int, cfg: TrainConfig) -> bool:
     return steps >= cfg.learning_starts and (steps - cfg.learning_starts) % cfg.iteration_steps == 0
 
 
+def _check_resumable(before: dict[str, Any], now: dict[str, Any], folder: Path) -> None:
+    """A resumed run needs the checkpoint's settings and inputs; only ``train.steps`` may differ (a larger
+    budget extends the run)."""
+    def budgetless(settings: dict[str, Any]) -> dict[str, Any]:
+        return {**settings, "train": {k: v for k, v in settings["train"].items() if k != "steps"}}
+
+    before, now = budgetless(before), budgetless(now)
+    if before != now:
+        changed = sorted(f"{section}.{key}" for section in now for key in now[section]
+                         if before.get(section, {}).get(key) != now[section][key])
+        raise UserError(f"the checkpoint in {folder} was made with other settings or inputs "
+                        f"({', '.join(changed)}); resume with the same ones or train without --resume")
+
+
 def next_stop(steps: int, cfg: TrainConfig) -> int:
     """The next env step at which the loop refits, evaluates, checkpoints or ends."""
     start, every = cfg.learning_starts, cfg.iteration_steps
@@ -266,11 +284,8 @@ def train(p: Params, data: ExpertData, expert: Optional[ScoreModel], workdir: Pa
     dtype = resolve_precision(p.runtime.precision, device)
     settings = _settings(p, dtype, data, expert)
     state = checkpoint.load_state(out / "checkpoint") if resume else None
-    if state is not None and state["settings"] != settings:
-        changed = sorted(f"{section}.{key}" for section in settings for key in settings[section]
-                         if state["settings"].get(section, {}).get(key) != settings[section][key])
-        raise UserError(f"the checkpoint in {out / 'checkpoint'} was made with other settings or inputs "
-                        f"({', '.join(changed)}); resume with the same ones or train without --resume")
+    if state is not None:
+        _check_resumable(state["settings"], settings, out / "checkpoint")
     env_id, env = make_env(data, cfg.termination)
     set_random_seed(cfg.seed)
     if cfg.algorithm == "bc":
@@ -278,6 +293,9 @@ def train(p: Params, data: ExpertData, expert: Optional[ScoreModel], workdir: Pa
 
     reward_model = make_reward(p, data, expert, env, device, dtype)
     model = build_model(cfg, env, device, out / "checkpoint" if state else None)
+    if model.num_timesteps > cfg.steps:
+        raise UserError(f"the checkpoint in {out / 'checkpoint'} is at {model.num_timesteps} env steps, past "
+                        f"--steps {cfg.steps}; give --steps {model.num_timesteps} or more to continue it")
     refs = _references(data, env_id)
     buffer = attach(model, reward_model, cfg)
     refit = LearnerRefit(reward_model, cfg, data.val if len(data.val) else data.train)
@@ -292,6 +310,7 @@ def train(p: Params, data: ExpertData, expert: Optional[ScoreModel], workdir: Pa
         checkpoint.set_rng_state(state["rng"])
         run_id = state["run_id"]
         log.info(f"resuming from the checkpoint at {model.num_timesteps} env steps (MLflow run {run_id})")
+    started_with = state["settings"]["train"]["steps"] if state is not None else cfg.steps  # a budget extended?
     model.set_logger(Logger(folder=None, output_formats=[LossWriter(records, cfg.rl)]))
 
     def save_checkpoint() -> None:
@@ -310,6 +329,11 @@ def train(p: Params, data: ExpertData, expert: Optional[ScoreModel], workdir: Pa
     with tracking.run("train", data.meta["dataset_id"], settings, _tags(p, data), run_id=run_id) as run:
         if state is not None:
             records.flush(tracking.logged_until(run.info.run_id))
+        if started_with != cfg.steps:  # MLflow params cannot change: the run's params keep its first budget
+            import mlflow
+
+            log.info(f"extending the run from {started_with} to {cfg.steps} env steps")
+            mlflow.set_tag("extended", f"train.steps {started_with} -> {cfg.steps}")
         else:
             tracking.log_dataset(data.meta, data.train, minari_root() / data.meta["dataset_id"], "training")
         bar = tqdm(total=cfg.steps, initial=model.num_timesteps, desc=cfg.algorithm.upper(), unit="step",

@@ -57,12 +57,22 @@ def test_sigkill_then_resume_equals_an_uninterrupted_run(pretrained, tmp_path):
     import mlflow
 
     p = params(tmp_path / "p.yaml")
-    for name in ("a", "b", "killed"):
+    for name in ("a", "b", "killed", "extended"):
         shutil.copytree(pretrained, tmp_path / name)
     for name in ("a", "b"):
         run = run_cli(["train", "--params", p, "--workdir", tmp_path / name])
         assert run.exit_code == 0, run.output
     assert outputs(tmp_path / "a") == outputs(tmp_path / "b")  # determinism
+
+    # a finished 1200-step run extended to 2000 steps is the 2000-step run
+    extended = tmp_path / "extended"
+    assert run_cli(["train", "--params", p, "--workdir", extended, "--steps", "1200"]).exit_code == 0
+    assert_user_error(run_cli(["train", "--params", p, "--workdir", extended, "--resume", "--steps", "1000"]),
+                      "at 1200 env steps", "--steps 1200 or more")
+    more = run_cli(["train", "--params", p, "--workdir", extended, "--resume"])
+    assert more.exit_code == 0, more.output
+    assert "extending the run from 1200 to 2000 env steps" in more.stderr
+    assert outputs(extended) == outputs(tmp_path / "a")
 
     killed = tmp_path / "killed"
     started = time.time()
@@ -94,7 +104,8 @@ def test_sigkill_then_resume_equals_an_uninterrupted_run(pretrained, tmp_path):
     client = mlflow.MlflowClient()
     exp = client.get_experiment_by_name(DEMOS_DATASET)
     train_runs = [r for r in client.search_runs([exp.experiment_id]) if r.data.tags["stage"] == "train"]
-    assert len(train_runs) == 3  # the resumed run continued its own MLflow run
+    assert len(train_runs) == 4  # the resumed and the extended run continued their own MLflow runs
+    assert [r.data.tags.get("extended") for r in train_runs].count("train.steps 1200 -> 2000") == 1
     run_id = json.loads((killed / "train_metrics" / "run.json").read_text())["mlflow_run_id"]
     assert client.get_run(run_id).info.status == "FINISHED"
     for key in ("normalized_return", "refit_loss"):
