@@ -25,6 +25,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 
+from mujoco_obs import forward_velocity_index  # benchmarks/, on the path as the script's folder
 from smiling_pipeline.cost import draw, grid_terms, model_errors
 from smiling_pipeline.evaluate import load_policy
 from smiling_pipeline.ingest import load_expert_data
@@ -46,14 +47,6 @@ def policy_states(policy_zip: Path, env_id: str, episodes: int) -> tuple[np.ndar
         returns.append(ret)
     env.close()
     return np.asarray(states, dtype=np.float32), float(np.mean(returns))
-
-
-def forward_velocity_index(env_id: str) -> int:
-    """MuJoCo locomotion observations are qpos without the x position, then qvel: qvel[0] is at nq - 1."""
-    env = gym.make(env_id)
-    nq = int(env.unwrapped.model.nq)
-    env.close()
-    return nq - 1
 
 
 def corr(a: np.ndarray, b: np.ndarray) -> float:

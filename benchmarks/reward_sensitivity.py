@@ -18,7 +18,6 @@ import json
 import sys
 from pathlib import Path
 
-import gymnasium as gym
 import numpy as np
 import torch
 
@@ -31,16 +30,8 @@ from smiling_pipeline.cost import draw, grid_terms, model_errors  # noqa: E402
 from smiling_pipeline.demos import use_minari_root  # noqa: E402
 from smiling_pipeline.ingest import env_id_of  # noqa: E402
 from smiling_pipeline.score import FitSettings, ScoreModel, fit  # noqa: E402
+from mujoco_obs import forward_velocity_index  # noqa: E402
 from pretrain_length import DATASETS, ingested  # noqa: E402  (the same ingestion and datasets)
-
-
-def forward_velocity_index(env_id: str) -> int:
-    """Observation index of the torso's forward velocity: MuJoCo locomotion observations are qpos without
-    the x position, then qvel, so qvel[0] sits at nq - 1."""
-    env = gym.make(env_id)
-    nq = env.unwrapped.model.nq
-    env.close()
-    return nq - 1
 
 
 def sensitivity(dataset: str, steps: int) -> dict:
