@@ -27,8 +27,9 @@ import json
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
 
 import numpy as np
 import torch
@@ -94,7 +95,7 @@ def fit_quality(d: int, steps: int, log: Callable[[str], None]) -> dict:
             losses.setdefault(dtype_name(dtype), []).append(evaluate_loss(model, val))
     f32, b16 = losses["float32"], losses["bfloat16"]
     row = {"d": d, "env": DIMS[d], "steps": steps, "val_loss": losses,
-           "bf16_minus_fp32": [b - f for b, f in zip(b16, f32)], "fp32_seed_difference": f32[1] - f32[0]}
+           "bf16_minus_fp32": [b - f for b, f in zip(b16, f32, strict=True)], "fp32_seed_difference": f32[1] - f32[0]}
     log(f"fit quality: d = {d:3d} ({DIMS[d]}), {steps} steps: validation loss float32 {f32[0]:.4f} / {f32[1]:.4f}, "
         f"bfloat16 {b16[0]:.4f} / {b16[1]:.4f} (seeds 0 / 1)")
     return row

@@ -24,8 +24,8 @@ from pathlib import Path
 import gymnasium as gym
 import numpy as np
 import torch
-
 from mujoco_obs import forward_velocity_index  # benchmarks/, on the path as the script's folder
+
 from smiling_pipeline.cost import draw, grid_terms, model_errors
 from smiling_pipeline.evaluate import load_policy
 from smiling_pipeline.ingest import load_expert_data

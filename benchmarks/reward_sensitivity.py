@@ -25,13 +25,14 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
+from mujoco_obs import forward_velocity_index  # noqa: E402
+from pretrain_length import DATASETS, ingested  # noqa: E402  (the same ingestion and datasets)
+
 from smiling_pipeline.config import PretrainConfig, ScoreConfig  # noqa: E402
 from smiling_pipeline.cost import draw, grid_terms, model_errors  # noqa: E402
 from smiling_pipeline.demos import use_minari_root  # noqa: E402
 from smiling_pipeline.ingest import env_id_of  # noqa: E402
 from smiling_pipeline.score import FitSettings, ScoreModel, fit  # noqa: E402
-from mujoco_obs import forward_velocity_index  # noqa: E402
-from pretrain_length import DATASETS, ingested  # noqa: E402  (the same ingestion and datasets)
 
 
 def sensitivity(dataset: str, steps: int) -> dict:

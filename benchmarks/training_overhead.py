@@ -45,8 +45,9 @@ import statistics
 import sys
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import numpy as np
 import torch
@@ -65,7 +66,6 @@ PRECISION = resolve_precision(RuntimeConfig().precision, torch.device("cpu"))
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from cost_estimator import collect_states  # noqa: E402  (seeded uniform-random rollouts)
-
 
 # ----------------------------------------------------------------------------------- building blocks
 
@@ -131,10 +131,9 @@ class Learner:
         (``cost.draws: refit``: new estimator draws at every refit, so both halves of a row's reward are
         recomputed after each refit instead of the learner half only)."""
         from stable_baselines3 import SAC
-
-        from smiling_pipeline.config import CostConfig, TrainConfig
         from stable_baselines3.common.utils import set_random_seed
 
+        from smiling_pipeline.config import CostConfig, TrainConfig
         from smiling_pipeline.train import build_model
 
         base = TrainConfig()
@@ -263,7 +262,7 @@ def pair_rows(runs: list[RunResult]) -> dict:
     smi = [r for r in runs if r.algo == "smiling"]
     f32 = [r for r in runs if r.algo == "smiling_float32"]
     refit = [r for r in runs if r.algo == "smiling_draws_refit"]
-    ratios = [b.seconds / a.seconds for a, b in zip(sac, smi)]
+    ratios = [b.seconds / a.seconds for a, b in zip(sac, smi, strict=True)]
     s = smi[0]
     med = lambda xs: statistics.median(xs)  # noqa: E731
     smi_s = med([r.seconds for r in smi])
@@ -271,9 +270,9 @@ def pair_rows(runs: list[RunResult]) -> dict:
         "env": s.env_id, "net": list(s.net), "steps": s.steps, "prefill": s.prefill, "repeats": len(ratios),
         "sac_steps_per_s": med([r.steps_per_s for r in sac]), "smiling_steps_per_s": med([r.steps_per_s for r in smi]),
         "ratio": med(ratios), "ratios": ratios, "meets_target": med(ratios) <= TARGET_RATIO,
-        "ratio_float32": med([b.seconds / a.seconds for a, b in zip(sac, f32)]) if f32 else None,
-        "ratio_draws_refit": med([b.seconds / a.seconds for a, b in zip(sac, refit)]) if refit else None,
-        "draws_refit_vs_run": med([b.seconds / a.seconds for a, b in zip(smi, refit)]) if refit else None,
+        "ratio_float32": med([b.seconds / a.seconds for a, b in zip(sac, f32, strict=True)]) if f32 else None,
+        "ratio_draws_refit": med([b.seconds / a.seconds for a, b in zip(sac, refit, strict=True)]) if refit else None,
+        "draws_refit_vs_run": med([b.seconds / a.seconds for a, b in zip(smi, refit, strict=True)]) if refit else None,
         "smiling_reward_share": med([r.reward_seconds / r.seconds for r in smi]),
         "smiling_refit_share": med([r.refit_seconds / r.seconds for r in smi]),
         "refit_seconds_each": med([r.refit_seconds / max(r.refits, 1) for r in smi]),

@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import torch
 import yaml
-
 from conftest import DEMOS_DATASET, assert_user_error, run_cli
 from torch.nn import functional as F
 
@@ -96,7 +95,7 @@ def test_dac_matches_the_official_loss_reward_and_update_on_a_fixed_batch():
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-    for a, b in zip(ours.d.parameters(), official.model.parameters()):
+    for a, b in zip(ours.d.parameters(), official.model.parameters(), strict=True):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
     rows = torch.cat([expert[:64], learner[:64]])

@@ -8,8 +8,8 @@ import mlflow
 import numpy as np
 import pytest
 import yaml
-
 from conftest import assert_user_error, run_cli
+
 from smiling_pipeline.compare import RunCurve, _groups, load_runs, mean_curve, overview, summarise, write_comparison
 
 DATASET = "smiling/toy/expert-v0"

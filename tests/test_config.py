@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import typer.main
-
 from conftest import assert_user_error, make_dataset, run_cli, tree
+
 from smiling_pipeline import config as C
 from smiling_pipeline.cli import app
 from smiling_pipeline.errors import UserError

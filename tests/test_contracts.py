@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-
 from conftest import DEMOS_DATASET, assert_user_error, run_cli, tree
 
 pytestmark = pytest.mark.timeout(600)

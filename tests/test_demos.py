@@ -12,10 +12,18 @@ from pathlib import Path
 import gymnasium as gym
 import numpy as np
 import pytest
-
 from conftest import (
-    DEMOS_DATASET as DATASET, DEMOS_EPISODES as EPISODES, assert_user_error, make_dataset,
-    minari_store, run_cli, tree,
+    DEMOS_DATASET as DATASET,
+)
+from conftest import (
+    DEMOS_EPISODES as EPISODES,
+)
+from conftest import (
+    assert_user_error,
+    make_dataset,
+    minari_store,
+    run_cli,
+    tree,
 )
 
 pytestmark = pytest.mark.timeout(300)

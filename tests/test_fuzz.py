@@ -22,10 +22,9 @@ from typing import Any
 import pytest
 import torch
 import yaml
+from conftest import DEMOS_DATASET, terminal_lines
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
-
-from conftest import DEMOS_DATASET, terminal_lines
 
 pytestmark = pytest.mark.timeout(3600)
 EXAMPLES = int(os.environ.get("SMILING_FUZZ_EXAMPLES", "30"))

@@ -16,7 +16,6 @@ from pathlib import Path
 import gymnasium as gym
 import numpy as np
 import pytest
-
 from conftest import assert_user_error, load_episodes, make_dataset, run_cli, tree
 
 pytestmark = pytest.mark.timeout(120)
@@ -376,7 +375,7 @@ def test_datasets_lists_local_datasets(monkeypatch, humanoid_store):
     run = run_cli(["datasets"])
     assert run.exit_code == 0, run.output
     assert str(humanoid_store.resolve()) in run.stdout
-    line = next(l for l in run.stdout.splitlines() if HUMANOID in l)
+    line = next(row for row in run.stdout.splitlines() if HUMANOID in row)
     assert line.split()[:3] == ["local", HUMANOID, "3"]
     assert line.split()[-2:] == [f"{REF_MIN:.1f}", f"{REF_MAX:.1f}"]
 

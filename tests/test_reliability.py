@@ -15,7 +15,6 @@ import gymnasium as gym
 import pytest
 import torch
 import yaml
-
 from conftest import DEMOS_DATASET, assert_user_error, make_dataset, run_cli, tree
 
 pytestmark = pytest.mark.timeout(600)

@@ -15,7 +15,14 @@ from smiling_pipeline.config import ScoreConfig
 from smiling_pipeline.cost import antithetic_noise, ds_divergence, reward, stratified_timesteps
 from smiling_pipeline.errors import DataError
 from smiling_pipeline.score import (
-    FitSettings, ScoreModel, alphas_bar, evaluate_loss, fit, fit_score_model, informative_steps, load_model,
+    FitSettings,
+    ScoreModel,
+    alphas_bar,
+    evaluate_loss,
+    fit,
+    fit_score_model,
+    informative_steps,
+    load_model,
     save_model,
 )
 
@@ -155,8 +162,8 @@ def test_bfloat16_output_layers_round_only_and_only_on_large_chunks():
     assert float((narrow - full).abs().max()) < 1e-2 * float(full.abs().max())
     assert np.corrcoef(full.numpy(), narrow.numpy())[0, 1] > 0.999
     narrow_inputs = ScoreModel(17, ScoreConfig(), np.zeros(17), np.ones(17))
-    for e, l, rows in ((expert, learner, x[:1]), (narrow_inputs, narrow_inputs.fresh_copy(), torch.randn(256, 17))):
-        assert torch.equal(*(reward(e, l, rows, generator=torch.Generator().manual_seed(3), dtype=dtype)
+    for e, lrn, rows in ((expert, learner, x[:1]), (narrow_inputs, narrow_inputs.fresh_copy(), torch.randn(256, 17))):
+        assert torch.equal(*(reward(e, lrn, rows, generator=torch.Generator().manual_seed(3), dtype=dtype)
                              for dtype in (torch.float32, torch.bfloat16)))
 
 

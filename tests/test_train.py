@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 import torch
 import yaml
-
 from conftest import DEMOS_DATASET, make_dataset, run_cli
+
 from smiling_pipeline.config import CostConfig, ScoreConfig, TrainConfig
 from smiling_pipeline.rl import LearnerRefit, SmilingReplayBuffer, SmilingReward, check_relabelling, score_inputs
 from smiling_pipeline.score import ScoreModel
@@ -26,10 +26,10 @@ REPO = Path(__file__).resolve().parents[1]
 TINY = ScoreConfig(hidden=32)
 
 
-def tiny_cost(dim: int, cfg: CostConfig = CostConfig(), action_space=None) -> SmilingReward:
+def tiny_cost(dim: int, cfg: CostConfig | None = None, action_space=None) -> SmilingReward:
     torch.manual_seed(0)
     expert = ScoreModel(dim, TINY, np.zeros(dim), np.ones(dim))
-    return SmilingReward(expert, cfg, action_space, seed=3)
+    return SmilingReward(expert, cfg or CostConfig(), action_space, seed=3)
 
 
 def filled_buffer(n: int = 50) -> tuple[SmilingReplayBuffer, gym.Env]:
@@ -50,7 +50,7 @@ def test_buffer_returns_the_cost_of_the_sampled_states_not_the_env_reward():
     assert not torch.any(samples.rewards == 1000.0)
     rows = torch.as_tensor(buffer.observations[np.unique(inds), 0, :])
     expected = tiny_cost(4, CostConfig(reward_norm="none")).rewards(rows)  # same seed, same rows
-    by_index = dict(zip(np.unique(inds), expected.numpy()))
+    by_index = dict(zip(np.unique(inds), expected.numpy(), strict=True))
     assert np.allclose(samples.rewards.numpy().ravel(), [by_index[i] for i in inds], atol=1e-6)
 
 
@@ -182,7 +182,7 @@ def test_learner_refit_fits_learner_states_and_sb3_samples_through_the_relabelli
     assert refit.iteration == cost.version == 3 and stats.env_steps == 300
     assert model._n_updates == 200 and model.replay_buffer.relabelled == model._n_updates
     check_relabelling(model)
-    assert any(not torch.equal(a, b) for a, b in zip(before, cost.learner.parameters()))
+    assert any(not torch.equal(a, b) for a, b in zip(before, cost.learner.parameters(), strict=True))
     rows = torch.as_tensor(model.replay_buffer.learner_rows(None))
     assert len(rows) == 300  # every stored learner state (FTL: no window)
     g1, g2 = torch.Generator().manual_seed(1), torch.Generator().manual_seed(1)
