@@ -349,13 +349,13 @@ def _leader(row: dict[str, Summary]) -> str:
     return "none (intervals overlap)"
 
 
-def overview(groups: dict[tuple[str, str, str, int], list[RunCurve]], summaries: list[Summary]) -> list[str]:
+def overview(groups: dict[tuple[str, str, str, int], list[RunCurve]], summaries: list[Summary],
+             states: dict[str, int]) -> list[str]:
     """Who leads where: per dataset and variant, each method's final with its default settings (ablations are
-    in the dataset's section) at the dataset's usual expert-state count, and the env steps the runs took."""
+    in the dataset's section) at the dataset's usual expert-state count (``states``), and the env steps the
+    runs took."""
     rows: dict[tuple[str, str], dict[str, Summary]] = defaultdict(dict)
     budgets: dict[tuple[str, str], set[int]] = defaultdict(set)
-    states = {d: _default_states([c for g in groups.values() for c in g if c.dataset == d])
-              for d in {k[0] for k in groups}}
     for (d, v, label, n), s in zip(sorted(groups), summaries, strict=True):
         group = groups[(d, v, label, n)]
         if group[0].config == "default" and n == states[d]:
@@ -418,23 +418,24 @@ def write_comparison(tracking_uri: Optional[str], out: Path, dataset: Optional[s
         raise UserError(f"no finished train runs{which} in {where}; run `smiling-cli train` or a sweep first")
     groups = _groups(runs)
     summaries = [summarise(g) for _, g in sorted(groups.items())]
+    by_dataset = {d: [c for c in runs if c.dataset == d] for d in sorted({c.dataset for c in runs})}
+    states = {d: _default_states(here) for d, here in by_dataset.items()}
     lines = ["# SMILING vs baselines", "",
              f"Final = the mean of each run's last {FINAL_EVALS} evaluations during training (normalized return: "
              "random policy 0, expert 1); AUC = the mean normalized return over the whole curve. Mean and "
              "interquartile mean (IQM, 25% trimmed) over seeds with 95% stratified-bootstrap intervals "
              "(rliable); with fewer than 4 seeds the IQM trims nothing and equals the mean. Bands in the "
-             "plots are 95% bootstrap intervals over seeds.", "", *overview(groups, summaries)]
+             "plots are 95% bootstrap intervals over seeds.", "", *overview(groups, summaries, states)]
     with atomic_dir(out) as tmp:
-        for d in sorted({c.dataset for c in runs}):
-            slug, here = _slug(d), [c for c in runs if c.dataset == d]
-            states = _default_states(here)
-            plot_learning_curves(tmp / f"{slug}_curves.png", d, groups, states)
+        for d, here in by_dataset.items():
+            slug = _slug(d)
+            plot_learning_curves(tmp / f"{slug}_curves.png", d, groups, states[d])
             lines += [f"## {d}", "", "| variant | algorithm | expert states | seeds | final mean [95% CI] | "
                       "final IQM [95% CI] | AUC [95% CI] |", "|---|---|---:|---:|---:|---:|---:|"]
             lines += [f"| {s.variant} | {s.label} | {s.expert_states} | {s.seeds} | {_ci(s.mean, s.mean_ci)} | "
                       f"{_ci(s.iqm, s.iqm_ci)} | {_ci(s.auc, s.auc_ci)} |" for s in summaries if s.dataset == d]
             lines += ["", f"![learning curves]({slug}_curves.png)", "", *run_table(here), ""]
-            if plot_diagnostics(tmp / f"{slug}_diagnostics.png", d, groups, states):
+            if plot_diagnostics(tmp / f"{slug}_diagnostics.png", d, groups, states[d]):
                 lines += [f"![diagnostics]({slug}_diagnostics.png)", ""]
             by_group = defaultdict(set)
             for c in here:

@@ -140,9 +140,8 @@ def build_model(cfg: TrainConfig, env: gym.Env, device: torch.device, resume_fro
         except Exception as e:
             raise UserError(f"checkpoint {resume_from} is unreadable ({e.__class__.__name__}); "
                             "remove it and train without --resume") from e
-        if model.num_timesteps <= cfg.steps:  # room for a larger budget (an extended run)
-            grow(model.replay_buffer, cfg.steps + 1)
-            model.buffer_size = cfg.steps + 1
+        grow(model.replay_buffer, cfg.steps + 1)  # room for a larger budget (an extended run)
+        model.buffer_size = cfg.steps + 1
         return model
     extra = {"ent_coef": cfg.ent_coef} if cfg.rl == "sac" else {}
     return algo("MlpPolicy", env, **extra, learning_rate=cfg.lr, buffer_size=cfg.steps + 1,

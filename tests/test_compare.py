@@ -10,7 +10,16 @@ import pytest
 import yaml
 from conftest import assert_user_error, run_cli
 
-from smiling_pipeline.compare import RunCurve, _groups, load_runs, mean_curve, overview, summarise, write_comparison
+from smiling_pipeline.compare import (
+    RunCurve,
+    _default_states,
+    _groups,
+    load_runs,
+    mean_curve,
+    overview,
+    summarise,
+    write_comparison,
+)
 
 DATASET = "smiling/toy/expert-v0"
 
@@ -77,7 +86,8 @@ def test_comparison_table_plots_and_run_selection(store, tmp_path):
 
 def overview_rows(runs):
     groups = _groups(runs)
-    lines = overview(groups, [summarise(g) for _, g in sorted(groups.items())])
+    states = {d: _default_states([c for c in runs if c.dataset == d]) for d in {c.dataset for c in runs}}
+    lines = overview(groups, [summarise(g) for _, g in sorted(groups.items())], states)
     return [[c.strip() for c in line.strip("|").split("|")] for line in lines if line.startswith("| d |")]
 
 
