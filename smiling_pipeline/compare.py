@@ -298,6 +298,32 @@ def plot_diagnostics(path: Path, dataset: str, groups: dict[tuple[str, str, str,
     return drawn
 
 
+def _quarters(points: tuple[tuple[int, float], ...]) -> tuple[float, float, float]:
+    """The mean of a run's per-iteration values over its first quarter of iterations, all, and its last."""
+    y = np.array([v for _, v in points])
+    k = max(1, len(y) // 4)
+    return float(y[:k].mean()), float(y.mean()), float(y[-k:].mean())
+
+
+def correlation_table(groups: dict[tuple[str, str, str, int], list[RunCurve]], dataset: str) -> list[str]:
+    """Per group, how well the imitation reward follows the task's own reward on the learner's states: the
+    per-iteration correlation early, over the run and late, averaged over seeds (the per-seed run means
+    after); a reward that does not rise with the true reward where the learner is gives it little to climb."""
+    rows = []
+    for (d, v, label, n), group in sorted(groups.items()):
+        per_seed = [_quarters(c.diagnostics["reward_true_corr"]) for c in group if c.diagnostics.get("reward_true_corr")]
+        if d == dataset and per_seed:
+            first, whole, last = np.mean(per_seed, axis=0)
+            rows.append(f"| {v} | {label} | {n} | {len(per_seed)} | {first:.2f} | {whole:.2f} | {last:.2f} | "
+                        + ", ".join(f"{q[1]:.2f}" for q in per_seed) + " |")
+    if not rows:
+        return []
+    return ["Correlation of the reward with the true reward on the learner's states (per iteration), averaged "
+            "over each run's first quarter of iterations, all of them and the last quarter, then over seeds:", "",
+            "| variant | algorithm | expert states | seeds | first quarter | whole run | last quarter | per seed, "
+            "whole run |", "|---|---|---:|---:|---:|---:|---:|---|", *rows, ""]
+
+
 def plot_data_efficiency(path: Path, dataset: str, summaries: list[Summary]) -> None:
     """Final normalized return against the number of expert states, one line per algorithm and variant run
     at several counts (single counts are in the table)."""
@@ -437,6 +463,7 @@ def write_comparison(tracking_uri: Optional[str], out: Path, dataset: Optional[s
             lines += ["", f"![learning curves]({slug}_curves.png)", "", *run_table(here), ""]
             if plot_diagnostics(tmp / f"{slug}_diagnostics.png", d, groups, states[d]):
                 lines += [f"![diagnostics]({slug}_diagnostics.png)", ""]
+            lines += correlation_table(groups, d)
             by_group = defaultdict(set)
             for c in here:
                 by_group[(c.label, c.variant)].add(c.expert_states)

@@ -14,6 +14,7 @@ from smiling_pipeline.compare import (
     RunCurve,
     _default_states,
     _groups,
+    correlation_table,
     load_runs,
     mean_curve,
     overview,
@@ -107,6 +108,23 @@ def test_overview_names_a_leader_only_when_intervals_part_with_enough_seeds():
     rows = overview_rows(strong + bc)
     assert [r[:3] for r in rows] == [["d", "state-only", "2k"], ["d", "state-action", "-"]]  # BC takes no env steps
     assert rows[1][3:] == ["-", "0.500 [0.50, 0.50] (3)", "-"]  # columns DAC, BC: no DAC run here
+
+
+def test_correlation_table_averages_each_runs_quarters_then_seeds():
+    def run(seed, corr, algorithm="smiling", dataset="d"):
+        points = tuple((100 * (i + 1), c) for i, c in enumerate(corr))
+        return RunCurve(dataset, "state-only", algorithm, "sac", "default", 10, seed, (1000,), (0.5,),
+                        {"reward_true_corr": points})
+
+    # 8 iterations: quarters of 2; seed 0 rises from 0 to 0.7, seed 1 is flat at 0.4
+    runs = [run(0, [0.0, 0.2, 0.3, 0.3, 0.4, 0.5, 0.6, 0.8]), run(1, [0.4] * 8),
+            run(0, [0.1], algorithm="dac"), run(0, [0.9] * 4, dataset="other"),
+            RunCurve("d", "state-action", "bc", "sac", "default", 10, 0, (1000,), (0.5,))]  # BC has no diagnostics
+    lines = correlation_table(_groups(runs), "d")
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in lines if line.startswith("| state")]
+    assert rows == [["state-only", "DAC", "10", "1", "0.10", "0.10", "0.10", "0.10"],
+                    ["state-only", "SMILING", "10", "2", "0.25", "0.39", "0.55", "0.39, 0.40"]]
+    assert correlation_table(_groups(runs[-1:]), "d") == []  # nothing to show without diagnostics
 
 
 def test_exp_prefix_keeps_only_named_experiments(store):
@@ -218,6 +236,7 @@ def test_local_sweep_runs_each_cell_once_and_the_report_reads_their_records(reco
     assert "| `loc-ip-smiling-so-s0` | state-only | SMILING [steps=100] | 0 |" in text
     assert f"| {seconds / 60:.1f} min |" in text and "* the cell process's wall time" not in text
     assert (tmp_path / "cmp" / "smiling-invertedpendulum-expert-v0_diagnostics.png").stat().st_size > 10_000
+    assert re.search(r"\| state-only \| SMILING \[steps=100,termination=absorbing\] \| 1000 \| 1 \| -?\d\.\d\d \|", text)
 
 
 def test_a_cell_claimed_by_one_sweep_process_is_skipped_by_another(tmp_path):
