@@ -10,7 +10,9 @@ The scorer run's final reward (its pre-trained expert model and its last learner
 K = 64 shared draws) scores the states of deterministic episodes of each listed run's final policy (the
 scorer's own first) and the expert's held-out states. Per policy: return, mean forward velocity, mean
 reward, both models' errors, and the correlation of reward with forward velocity within its own states
-(the local signal the learner climbs) and over all policies' states pooled (the global ranking). The
+(the local signal the learner climbs) and over all policies' states pooled (the global ranking). A
+state-action run's reward scores (state, action) rows, the policies' deterministic actions beside their
+states. The
 run folders (``<runs>/<cell>/pretrain``, ``train``, ``ingest``) are the study's working folders; the
 committed cell records do not hold models or policies.
 """
@@ -32,8 +34,8 @@ from smiling_pipeline.ingest import load_expert_data
 from smiling_pipeline.score import load_model
 
 
-def policy_states(policy_zip: Path, env_id: str, episodes: int) -> tuple[np.ndarray, float]:
-    """States visited by the policy's deterministic episodes and their mean true return."""
+def policy_states(policy_zip: Path, env_id: str, episodes: int, with_actions: bool) -> tuple[np.ndarray, float]:
+    """States (or state-action rows) visited by the policy's deterministic episodes and their mean true return."""
     policy = load_policy(str(policy_zip))
     env = gym.make(env_id)
     states, returns = [], []
@@ -41,8 +43,9 @@ def policy_states(policy_zip: Path, env_id: str, episodes: int) -> tuple[np.ndar
         obs, _ = env.reset(seed=100 + e)
         done, ret = False, 0.0
         while not done:
-            states.append(obs)
-            obs, r, terminated, truncated, _ = env.step(policy.predict(obs, deterministic=True)[0])
+            action = policy.predict(obs, deterministic=True)[0]
+            states.append(np.concatenate([obs, action]) if with_actions else obs)
+            obs, r, terminated, truncated, _ = env.step(action)
             ret, done = ret + float(r), terminated or truncated
         returns.append(ret)
     env.close()
@@ -61,8 +64,9 @@ def ranking(runs: Path, scorer: str, policies: list[str], episodes: int) -> dict
     draws = draw(expert.t_max, expert.dim, 64, True, torch.Generator().manual_seed(0))
     terms_e, terms_l = grid_terms(expert, draws), grid_terms(learner, draws)
     sets = {"expert (held-out states)": (data.val, float(data.meta["expert_return_mean"]))}
+    with_actions = data.val.shape[1] > gym.make(env_id).observation_space.shape[0]  # a state-action run
     for cell in [scorer, *policies]:
-        sets[cell] = policy_states(runs / cell / "train" / "policy.zip", env_id, episodes)
+        sets[cell] = policy_states(runs / cell / "train" / "policy.zip", env_id, episodes, with_actions)
     rows, pooled_r, pooled_v = [], [], []
     with torch.no_grad():
         for name, (x, ret) in sets.items():
