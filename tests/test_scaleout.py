@@ -204,8 +204,11 @@ def test_ctrl_c_on_the_driver_stops_the_sweep_and_a_rerun_continues_it(store, se
     cell, results, runs = "stop-ip-dac-so-s0", tmp_path / "cells", tmp_path / "runs"
     args = ["sweep", str(sweep), "--backend", "ray", "--address", cluster, "--tracking-uri", server, "--runs", str(runs),
             "--results", str(results)]
+    # Ctrl-C's default action, as in a terminal: a test run started in the background by a shell without job
+    # control (`cmd &`) inherits SIGINT ignored, and so would the driver
     driver = subprocess.Popen([sys.executable, "-m", "smiling_pipeline.cli", *args], stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True)
+                              stderr=subprocess.STDOUT, text=True,
+                              preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     checkpoint = runs / cell / "train" / "checkpoint" / "state.pt"
     deadline = time.monotonic() + 300
     while not checkpoint.is_file() and driver.poll() is None and time.monotonic() < deadline:
