@@ -16,6 +16,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -69,13 +70,26 @@ def server() -> str:
     assert status.returncode == 1, "PostgreSQL still runs after the tracking server stopped"
 
 
+@contextmanager
+def sigint_handled():
+    """Processes started inside get Ctrl-C's default action, as from a terminal, even when the tests run in a
+    background job of a shell without job control, which inherits SIGINT ignored: a Ray worker that ignores it
+    cannot be cancelled (``ray.cancel`` interrupts the task's main thread), nor can a driver be stopped."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 @pytest.fixture(scope="module")
 def cluster() -> str:
     """Two Ray nodes (one CPU each) on this machine."""
     from ray.cluster_utils import Cluster
 
-    nodes = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
-    nodes.add_node(num_cpus=1)
+    with sigint_handled():
+        nodes = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
+        nodes.add_node(num_cpus=1)
     nodes.wait_for_nodes()
     yield nodes.address
     nodes.shutdown()
@@ -204,11 +218,9 @@ def test_ctrl_c_on_the_driver_stops_the_sweep_and_a_rerun_continues_it(store, se
     cell, results, runs = "stop-ip-dac-so-s0", tmp_path / "cells", tmp_path / "runs"
     args = ["sweep", str(sweep), "--backend", "ray", "--address", cluster, "--tracking-uri", server, "--runs", str(runs),
             "--results", str(results)]
-    # Ctrl-C's default action, as in a terminal: a test run started in the background by a shell without job
-    # control (`cmd &`) inherits SIGINT ignored, and so would the driver
-    driver = subprocess.Popen([sys.executable, "-m", "smiling_pipeline.cli", *args], stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True,
-                              preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    with sigint_handled():
+        driver = subprocess.Popen([sys.executable, "-m", "smiling_pipeline.cli", *args], stdout=subprocess.PIPE,
+                                  stderr=subprocess.STDOUT, text=True)
     checkpoint = runs / cell / "train" / "checkpoint" / "state.pt"
     deadline = time.monotonic() + 300
     while not checkpoint.is_file() and driver.poll() is None and time.monotonic() < deadline:
