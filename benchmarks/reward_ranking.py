@@ -64,7 +64,7 @@ def ranking(runs: Path, scorer: str, policies: list[str], episodes: int) -> dict
     draws = draw(expert.t_max, expert.dim, 64, True, torch.Generator().manual_seed(0))
     terms_e, terms_l = grid_terms(expert, draws), grid_terms(learner, draws)
     sets = {"expert (held-out states)": (data.val, float(data.meta["expert_return_mean"]))}
-    with_actions = data.val.shape[1] > gym.make(env_id).observation_space.shape[0]  # a state-action run
+    with_actions = bool(data.meta["with_actions"])  # a state-action run scores (state, action) rows
     for cell in [scorer, *policies]:
         sets[cell] = policy_states(runs / cell / "train" / "policy.zip", env_id, episodes, with_actions)
     rows, pooled_r, pooled_v = [], [], []
