@@ -34,11 +34,13 @@ from smiling_pipeline.ingest import load_expert_data
 from smiling_pipeline.score import load_model
 
 
-def policy_states(policy_zip: Path, env_id: str, episodes: int, with_actions: bool) -> tuple[np.ndarray, float]:
-    """States (or state-action rows) visited by the policy's deterministic episodes and their mean true return."""
+def policy_states(policy_zip: Path, env_id: str, episodes: int,
+                  with_actions: bool) -> tuple[np.ndarray, np.ndarray, float]:
+    """States (or state-action rows) visited by the policy's deterministic episodes, the true reward of each
+    step taken from them, and the episodes' mean true return."""
     policy = load_policy(str(policy_zip))
     env = gym.make(env_id)
-    states, returns = [], []
+    states, rewards, returns = [], [], []
     for e in range(episodes):
         obs, _ = env.reset(seed=100 + e)
         done, ret = False, 0.0
@@ -46,10 +48,11 @@ def policy_states(policy_zip: Path, env_id: str, episodes: int, with_actions: bo
             action = policy.predict(obs, deterministic=True)[0]
             states.append(np.concatenate([obs, action]) if with_actions else obs)
             obs, r, terminated, truncated, _ = env.step(action)
+            rewards.append(float(r))
             ret, done = ret + float(r), terminated or truncated
         returns.append(ret)
     env.close()
-    return np.asarray(states, dtype=np.float32), float(np.mean(returns))
+    return np.asarray(states, dtype=np.float32), np.asarray(rewards), float(np.mean(returns))
 
 
 def corr(a: np.ndarray, b: np.ndarray) -> float:
@@ -66,7 +69,8 @@ def ranking(runs: Path, scorer: str, policies: list[str], episodes: int) -> dict
     sets = {"expert (held-out states)": (data.val, float(data.meta["expert_return_mean"]))}
     with_actions = bool(data.meta["with_actions"])  # a state-action run scores (state, action) rows
     for cell in [scorer, *policies]:
-        sets[cell] = policy_states(runs / cell / "train" / "policy.zip", env_id, episodes, with_actions)
+        x, _, ret = policy_states(runs / cell / "train" / "policy.zip", env_id, episodes, with_actions)
+        sets[cell] = (x, ret)
     rows, pooled_r, pooled_v = [], [], []
     with torch.no_grad():
         for name, (x, ret) in sets.items():
