@@ -311,8 +311,10 @@ def correlation_table(groups: dict[tuple[str, str, str, int], list[RunCurve]], d
     after); a reward that does not rise with the true reward where the learner is gives it little to climb."""
     rows = []
     for (d, v, label, n), group in sorted(groups.items()):
+        if d != dataset:
+            continue
         per_seed = [_quarters(c.diagnostics["reward_true_corr"]) for c in group if c.diagnostics.get("reward_true_corr")]
-        if d == dataset and per_seed:
+        if per_seed:
             first, whole, last = np.mean(per_seed, axis=0)
             rows.append(f"| {v} | {label} | {n} | {len(per_seed)} | {first:.2f} | {whole:.2f} | {last:.2f} | "
                         + ", ".join(f"{q[1]:.2f}" for q in per_seed) + " |")
