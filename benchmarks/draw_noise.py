@@ -30,7 +30,7 @@ import yaml
 from mujoco_obs import forward_velocity_index  # benchmarks/, on the path as the script's folder
 from reward_ranking import corr, policy_states
 
-from smiling_pipeline.cost import draw, grid_terms, model_errors, reward
+from smiling_pipeline.cost import draw, grid_terms, model_errors
 from smiling_pipeline.ingest import load_expert_data
 from smiling_pipeline.score import load_model
 
@@ -49,26 +49,28 @@ def cell_noise(run: Path, ks: list[int], sets: int, episodes: int) -> dict:
     vel, xt = x[:, forward_velocity_index(env_id)], torch.as_tensor(x)
     antithetic = bool(params["cost"]["antithetic"])
 
-    def rewards(k: int, seed: int) -> np.ndarray:
+    def halves(k: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+        """The reward's two halves with K draws from ``seed``: learner error and minus expert error."""
+        d = draw(expert.t_max, expert.dim, k, antithetic, torch.Generator().manual_seed(seed))
         with torch.no_grad():
-            return reward(expert, learner, xt, draws=draw(expert.t_max, expert.dim, k, antithetic,
-                                                           torch.Generator().manual_seed(seed))).numpy()
+            return (model_errors(learner, xt, grid_terms(learner, d)).numpy(),
+                    -model_errors(expert, xt, grid_terms(expert, d)).numpy())
 
-    ref_draws = draw(expert.t_max, expert.dim, REFERENCE_K, antithetic, torch.Generator().manual_seed(999_999))
-    with torch.no_grad():  # the two halves of the reference reward, to see which one carries the slope
-        learner_half = model_errors(learner, xt, grid_terms(learner, ref_draws)).numpy()
-        expert_half = -model_errors(expert, xt, grid_terms(expert, ref_draws)).numpy()
+    def rewards(k: int, seed: int) -> np.ndarray:
+        return sum(halves(k, seed))
+
+    def single(name: str, k: int, r: np.ndarray) -> dict:
+        """A row for one reward (no draw sets to spread over)."""
+        return {"draws": name, "k": k, "corr_true": [corr(r, true_r)] * 3, "corr_velocity": [corr(r, vel)] * 3,
+                "corr_reference": corr(r, ref), "reliability": float("nan")}
+
+    learner_half, expert_half = halves(REFERENCE_K, 999_999)  # which half carries the slope
     ref = learner_half + expert_half
     own_k, own_seed = int(params["cost"]["timesteps"]), int(params["train"]["seed"])
-    own = rewards(own_k, own_seed)  # the draws the run trained with (cost.draws: run)
-    rows = [{"draws": f"the run's own (K = {own_k})", "k": own_k, "corr_true": [corr(own, true_r)] * 3,
-             "corr_velocity": [corr(own, vel)] * 3, "corr_reference": corr(own, ref), "reliability": float("nan")},
-            {"draws": f"reference (K = {REFERENCE_K})", "k": REFERENCE_K, "corr_true": [corr(ref, true_r)] * 3,
-             "corr_velocity": [corr(ref, vel)] * 3, "corr_reference": 1.0, "reliability": float("nan")},
-            *({"draws": f"reference, {name} only", "k": REFERENCE_K, "corr_true": [corr(half, true_r)] * 3,
-               "corr_velocity": [corr(half, vel)] * 3, "corr_reference": corr(half, ref), "reliability": float("nan")}
-              for name, half in [("learner error (learner half)", learner_half),
-                                 ("minus expert error (expert half)", expert_half)])]
+    rows = [single(f"the run's own (K = {own_k})", own_k, rewards(own_k, own_seed)),  # the draws it trained with
+            single(f"reference (K = {REFERENCE_K})", REFERENCE_K, ref),
+            single("reference, learner error (learner half) only", REFERENCE_K, learner_half),
+            single("reference, minus expert error (expert half) only", REFERENCE_K, expert_half)]
     for k in ks:
         rs = [rewards(k, 1000 * k + s) for s in range(sets)]
         ct, cv = [corr(r, true_r) for r in rs], [corr(r, vel) for r in rs]
