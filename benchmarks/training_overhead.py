@@ -6,7 +6,7 @@ Both learners are built the way ``smiling-cli train`` builds them, in one proces
 
 - **SMILING**: ``smiling_pipeline.train.build_model`` (SAC, ``SmilingReplayBuffer``, the pipeline's
   ``TrainConfig`` defaults: lr 3e-4, batch 256, train_freq 1 / gradient_steps 1, learning_starts
-  1000, ent_coef auto_0.1) with the pipeline's reward object (``rl.SmilingReward``) and refit
+  1000, ent_coef auto_0.1) with the pipeline's reward object (``rewards.SmilingReward``) and refit
   (``rl.LearnerRefit``), run between ``learn`` calls as ``train.train`` runs them:
   learner refit every 1000 env steps (``TrainConfig.learner_fit_steps`` AdamW steps of batch 1024) plus the per-iteration
   statistics it computes. The refit is part of the algorithm, so it is inside the timing.
@@ -152,7 +152,8 @@ class Learner:
                              gamma=cfg.gamma, policy_kwargs={"net_arch": list(cfg.net)}, seed=seed, device="cpu",
                              verbose=0)
         else:
-            from smiling_pipeline.rl import LearnerRefit, SmilingReward
+            from smiling_pipeline.rewards import SmilingReward
+            from smiling_pipeline.rl import LearnerRefit
 
             cost_cfg = CostConfig() if k is None else dataclasses.replace(CostConfig(), timesteps=k)
             if algo == "smiling_draws_refit":

@@ -15,7 +15,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from smiling_pipeline.config import BaselinesConfig, CostConfig, TrainConfig
-from smiling_pipeline.rl import RewardModel
+from smiling_pipeline.rewards import RewardModel
 
 
 def discriminator(dim: int, hidden: int) -> nn.Module:

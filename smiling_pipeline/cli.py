@@ -46,6 +46,9 @@ ThreadsOpt = Annotated[Optional[int], typer.Option("--threads", min=1, help="Tor
 PrecisionOpt = Annotated[Optional[str], typer.Option(
     "--precision", help="Score-model matmuls: auto (bfloat16 where native) | float32 | bfloat16 [params: runtime.precision].")]
 SeedOpt = Annotated[Optional[int], typer.Option("--seed", help="Random seed [params: <stage>.seed].")]
+PresetOpt = Annotated[Optional[list[str]], typer.Option(
+    "--preset", help="Named settings applied before the other options, repeatable: official-reward | official-sac "
+                     "(config.PRESETS; give pretrain the same ones).")]
 
 
 class _Stderr(logging.Handler):
@@ -186,6 +189,8 @@ def demos(
     random_episodes: Annotated[Optional[int], typer.Option("--random-episodes", min=1, help="Random-policy episodes for ref_min_score.")] = None,
     algorithm: Annotated[Optional[str], typer.Option("--algorithm", help="Expert algorithm: sac | ppo [params: demos.algorithm].")] = None,
     policy: Annotated[Optional[str], typer.Option("--policy", help="Record this SB3 .zip (of --algorithm) instead of training an expert.")] = None,
+    deterministic: Annotated[Optional[bool], typer.Option(
+        "--deterministic/--stochastic", help="Record the expert's mean action, or its sampled actions as the official code does [params: demos.deterministic].")] = None,
     force: Annotated[bool, typer.Option("--force", help="Replace an existing dataset with the same id.")] = False,
     seed: SeedOpt = None,
     params: ParamsOpt = None,
@@ -203,7 +208,7 @@ def demos(
     p = setup(params, workdir, minari_root, device, threads)
     cfg = C.override(p.demos, env_id=env, dataset_id=dataset_id, algorithm=algorithm, expert_steps=expert_steps,
                      expert_net=_net(expert_net), eval_every=eval_every, episodes=episodes,
-                      random_episodes=random_episodes, policy_path=policy, seed=seed)
+                      random_episodes=random_episodes, policy_path=policy, deterministic=deterministic, seed=seed)
     out = workdir_for(p) / "demos"
     result = make_demos(cfg, store(), out, str(resolve_device(p.runtime.device)), force=force)
     write_json(out / "demos.json", vars(result))
@@ -249,6 +254,7 @@ def pretrain(
     steps: Annotated[Optional[int], typer.Option("--steps", min=1, help="Training steps [params: pretrain.steps].")] = None,
     with_actions: WithActionsOpt = None,
     linear: LinearOpt = None,
+    preset: PresetOpt = None,
     seed: SeedOpt = None,
     params: ParamsOpt = None,
     workdir: WorkdirOpt = None,
@@ -261,7 +267,7 @@ def pretrain(
     from smiling_pipeline.pipeline import ensure_ingested
     from smiling_pipeline.pretrain import pretrain as run_pretrain
 
-    p = setup(params, workdir, minari_root, device, threads, precision)
+    p = C.apply_presets(setup(params, workdir, minari_root, device, threads, precision), preset or [])
     p = with_section(p, "ingest", dataset=dataset, with_actions=with_actions)
     p = with_section(p, "score", linear=linear)
     p = with_section(p, "pretrain", steps=steps, seed=seed)
@@ -284,6 +290,7 @@ def train(
     eval_episodes: Annotated[Optional[int], typer.Option("--eval-episodes", min=1, help="Episodes per evaluation.")] = None,
     checkpoint_every: Annotated[Optional[int], typer.Option("--checkpoint-every", min=1, help="Env steps between checkpoints.")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue from the last checkpoint in the workdir (same settings; a larger --steps extends a finished run).")] = False,
+    preset: PresetOpt = None,
     seed: SeedOpt = None,
     params: ParamsOpt = None,
     workdir: WorkdirOpt = None,
@@ -297,7 +304,7 @@ def train(
     from smiling_pipeline.train import make_env
     from smiling_pipeline.train import train as run_train
 
-    p = setup(params, workdir, minari_root, device, threads, precision)
+    p = C.apply_presets(setup(params, workdir, minari_root, device, threads, precision), preset or [])
     p = with_section(p, "ingest", dataset=dataset, with_actions=with_actions)
     p = with_section(p, "score", linear=linear)
     p = with_section(p, "train", steps=steps, algorithm=algorithm, rl=rl, eval_every=eval_every, eval_episodes=eval_episodes,

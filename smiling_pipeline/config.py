@@ -135,6 +135,8 @@ class DemosConfig(_Section):
     episodes: int = _at_least(1, 10)
     random_episodes: int = _at_least(1, 100)
     policy_path: Optional[str] = None  # an SB3 .zip (of `algorithm`) to record instead of training one
+    # record the expert's sampled actions, as the official code does (act(obs, sample=True)); true: its mean action
+    deterministic: bool = False
     seed: int = _at_least(0, 0)
 
 
@@ -207,6 +209,9 @@ class CostConfig(_Section):
     draws: Literal["run", "refit"] = "run"
     reward_norm: Literal["batch", "none"] = "batch"
     reward_std: float = _above(0, 0.1)
+    # fast: the estimator above (rewards.SmilingReward); official: the official code's computation on every
+    # sampled batch (rewards.OfficialReward: grid of `timesteps` over all of [0, T), fresh noise per row), slow
+    estimator: Literal["fast", "official"] = "fast"
 
 
 @dataclass(frozen=True)
@@ -224,6 +229,7 @@ class TrainConfig(_Section):
     batch_size: int = _at_least(1, 256)
     lr: float = _above(0, 3e-4)
     gamma: float = _within(0, 1, 0.99, high_open=True)
+    target_update_interval: int = _at_least(1, 1)  # gradient steps between target-network updates (official: 2)
     # SAC temperature: learnable from 0.1 as in the paper; SB3's default start of 1.0 swamps rewards
     # normalised to std 0.1 for thousands of steps.
     ent_coef: str = _nonempty("auto_0.1")
@@ -296,6 +302,89 @@ def check(p: Params) -> None:
         raise UserError(f"train.learning_starts ({p.train.learning_starts}) must be below train.steps ({p.train.steps})")
     if p.train.algorithm == "bc" and not p.ingest.with_actions:
         raise UserError("BC needs expert actions: ingest with --with-actions (or ingest.with_actions: true)")
+    if p.cost.estimator == "official" and p.score.num_timesteps % p.cost.timesteps:
+        raise UserError(f"cost.estimator official scores on a grid of cost.timesteps points over score.num_timesteps "
+                        f"({p.score.num_timesteps}), so cost.timesteps must divide it, got {p.cost.timesteps}; "
+                        "the official grid is 500 (preset official-reward)")
+
+
+# Named sets of settings ({"section.key": value}), applied before a command's own options (``--preset``) or by
+# a sweep grid (``presets:``). The official ones are ziqian2000/SMILING's settings (DESIGN.md section 3).
+PRESETS: dict[str, dict[str, Any]] = {
+    # the official reward: raw states, all T timesteps in training and reward, the 500-point grid with fresh
+    # noise for every row of every batch, per-batch normalisation to std 0.1
+    "official-reward": {"score.normalize": False, "score.min_signal": 0.0, "cost.estimator": "official",
+                        "cost.timesteps": 500, "cost.reward_norm": "batch", "cost.reward_std": 0.1},
+    # the official SAC: 1024x1024, batch 1024, lr 1e-4, 5,000 random steps, critic target every 2 steps,
+    # temperature learnable from 0.1 (SB3 keeps its own log-std bounds [-20, 2]; official [-5, 2])
+    "official-sac": {"train.net": (1024, 1024), "train.batch_size": 1024, "train.lr": 1e-4,
+                     "train.learning_starts": 5000, "train.target_update_interval": 2, "train.ent_coef": "auto_0.1",
+                     "train.gamma": 0.99},
+}
+
+
+def apply_overrides(p: Params, overrides: dict[str, Any], source: str) -> Params:
+    """``p`` with ``{"section.key": value}`` applied (each section re-validated)."""
+    sections: dict[str, dict[str, Any]] = {}
+    for key, value in overrides.items():
+        section, _, name = key.partition(".")
+        if not hasattr(p, section) or name not in {f.name for f in dataclasses.fields(getattr(p, section))}:
+            raise UserError(f"{source}: unknown setting {key!r}")
+        sections.setdefault(section, {})[name] = value
+    try:
+        return dataclasses.replace(p, **{s: dataclasses.replace(getattr(p, s), **v) for s, v in sections.items()})
+    except UserError as e:
+        raise UserError(f"{source}: {e}") from None
+
+
+def preset_overrides(names: typing.Sequence[str]) -> dict[str, Any]:
+    """The ``{"section.key": value}`` of the named :data:`PRESETS`, later ones winning."""
+    unknown = [n for n in names if n not in PRESETS]
+    if unknown:
+        raise UserError(f"unknown preset {unknown[0]!r}; the presets are {', '.join(PRESETS)}")
+    return {k: v for n in names for k, v in PRESETS[n].items()}
+
+
+def apply_presets(p: Params, names: typing.Sequence[str]) -> Params:
+    """``p`` with the named :data:`PRESETS` applied in order."""
+    return apply_overrides(p, preset_overrides(names), f"preset {', '.join(names)}") if names else p
+
+
+# Settings that do not define what a run is (its seed, budget, evaluation and checkpoint cadence, its data,
+# which have tags of their own): left out of :func:`config_tag`.
+_NOT_IN_TAG = {"ingest.seed", "ingest.dataset", "ingest.with_actions", "ingest.num_states", "pretrain.seed",
+               "pretrain.eval_every", "train.seed", "train.steps", "train.eval_every", "train.eval_episodes",
+               "train.checkpoint_every", "train.algorithm"}
+# The sections (and, for baselines, the field prefix) each algorithm's runs depend on.
+_TAG_SECTIONS = {"smiling": ("ingest", "score", "pretrain", "cost", "train"), "dac": ("ingest", "train", "baselines.dac_"),
+                 "bc": ("ingest", "train", "baselines.bc_")}
+
+
+def changed_settings(p: Params) -> dict[str, Any]:
+    """Every setting the run's algorithm depends on that differs from its default, ``{"section.key": value}``."""
+    default, out = Params(), {}
+    for scope in _TAG_SECTIONS[p.train.algorithm]:
+        section, _, prefix = scope.partition(".")
+        for f in dataclasses.fields(getattr(p, section)):
+            key, value = f"{section}.{f.name}", getattr(getattr(p, section), f.name)
+            if f.name.startswith(prefix) and key not in _NOT_IN_TAG and value != getattr(getattr(default, section), f.name):
+                out[key] = value
+    return out
+
+
+def config_tag(p: Params) -> str:
+    """``name=value`` of every setting in :func:`changed_settings` ("default" if none); the name is the field's
+    own, or ``section.field`` where another section has a field of that name (``pretrain.steps``)."""
+    names = [f.name for s in typing.get_type_hints(Params) for f in dataclasses.fields(getattr(Params(), s))]
+
+    def short(key: str) -> str:
+        field_name = key.split(".", 1)[1]
+        return field_name if names.count(field_name) == 1 else key
+
+    def text(value: Any) -> str:
+        return ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
+
+    return ";".join(f"{short(k)}={text(v)}" for k, v in changed_settings(p).items()) or "default"
 
 
 class _Bool:

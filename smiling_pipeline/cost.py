@@ -14,7 +14,7 @@ How it is estimated (each choice measured in ``benchmarks/cost_estimator.py``):
 - K stratified timesteps (one per stratum of ``[0, t_max)``) and one noise vector per timestep,
   all shared by the rows compared and by both models (common random numbers: the draws' error is
   common to the rows and cancels when rewards are compared or normalised per batch). Training
-  draws them once per run (``rl.SmilingReward``), so every row of every sampled batch shares them
+  draws them once per run (``rewards.SmilingReward``), so every row of every sampled batch shares them
   and the expert's half of a row's reward is computed once in the row's life;
 - antithetic noise: neighbouring strata use eps and -eps;
 - x_t is linear in (x_0, eps), so each model's first layer costs a (B, H) and a (K, H) product

@@ -3,7 +3,8 @@
 A bare id (``mujoco/humanoid`` or ``mujoco/humanoid/expert``) resolves to the newest local
 version, else the newest remote one (downloaded through Minari), else a one-line error saying what
 was tried. Local datasets are made with Minari's own ``DataCollector`` from an SB3 SAC expert
-trained on the true reward, with ``ref_min_score``/``ref_max_score`` stored so that
+trained on the true reward, acting stochastically as the official code records its experts
+(``demos.deterministic`` records its mean action instead), with ``ref_min_score``/``ref_max_score`` stored so that
 ``minari.get_normalized_score`` works.
 """
 
@@ -299,7 +300,7 @@ def make_demos(cfg: DemosConfig, root: Path, workdir: Path, device: str, force: 
         model = load_expert(cfg.policy_path, cfg.algorithm, env, device)
     else:
         model = train_expert(cfg, policy_file, device)
-    expert: Policy = lambda obs: model.predict(obs, deterministic=True)[0]  # noqa: E731
+    expert: Policy = lambda obs: model.predict(obs, deterministic=cfg.deterministic)[0]  # noqa: E731
 
     random_returns = rollout_returns(env, random_policy(env, cfg.seed), cfg.random_episodes, cfg.seed, "random policy")
     with _staging(root) as stage:
@@ -316,7 +317,9 @@ def make_demos(cfg: DemosConfig, root: Path, workdir: Path, device: str, force: 
                 ref_max_score=float(expert_returns.mean()),
                 description=(
                     f"Local expert demonstrations for {cfg.env_id} made by smiling-cli demos: {cfg.episodes} "
-                    f"deterministic episodes of an SB3 {cfg.algorithm.upper()} expert; ref_min_score is the mean return of "
+                    f"episodes of an SB3 {cfg.algorithm.upper()} expert acting "
+                    f"{'deterministically (its mean action)' if cfg.deterministic else 'stochastically (sampled actions)'}; "
+                    "ref_min_score is the mean return of "
                     f"{cfg.random_episodes} uniform-random episodes, ref_max_score that of the recorded episodes."
                 ),
             )

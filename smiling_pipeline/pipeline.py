@@ -12,9 +12,9 @@ from smiling_pipeline.config import Params
 from smiling_pipeline.demos import load_dataset, resolve_dataset, use_minari_root
 from smiling_pipeline.ingest import ExpertData, env_id_of, ingest, load_expert_data
 from smiling_pipeline.io import check_writable
-from smiling_pipeline.pretrain import MODEL_FILE, load_expert_model, pretrain
+from smiling_pipeline.pretrain import MODEL_FILE, load_expert_model, pretrain, stale_settings
 from smiling_pipeline.runtime import set_threads
-from smiling_pipeline.score import ScoreModel
+from smiling_pipeline.score import ScoreModel, load_model
 
 log = logging.getLogger(__name__)
 
@@ -61,9 +61,19 @@ def ensure_ingested(p: Params, needs_env: bool = False) -> ExpertData:
 
 
 def ensure_pretrained(p: Params, data: ExpertData) -> ScoreModel:
-    """The expert score model for ``data``, pretraining first when it is missing."""
+    """The expert score model for ``data`` and ``p``'s score and pretrain settings, pretraining first when it
+    is missing or was made from other data or with other settings (it is never reused under other ones)."""
     path = workdir(p) / "pretrain" / MODEL_FILE
     if not path.is_file():
         log.info(f"no expert score model at {path}; pretraining first")
         pretrain(p, data, path.parent)
+    else:
+        extra = load_model(path)[1]
+        changed = stale_settings(extra, p)
+        if extra.get("content_hash") != data.meta["content_hash"]:
+            changed.insert(0, f"expert data {extra.get('dataset_id')}")
+        if changed:
+            log.info(f"the expert score model at {path} was made with other settings or data ({', '.join(changed)}); "
+                     "pretraining again")
+            pretrain(p, data, path.parent)
     return load_expert_model(path, data, p.runtime.device)

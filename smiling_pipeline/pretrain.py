@@ -44,7 +44,8 @@ def pretrain(p: Params, data: ExpertData, out: Path) -> dict[str, Any]:
             seed=cfg.seed, val=data.val, progress=True,
             on_eval=_log_losses,
         )
-        save_model(model, out / MODEL_FILE, extra={"dataset_id": dataset_id, "content_hash": data.meta["content_hash"]})
+        save_model(model, out / MODEL_FILE, extra={"dataset_id": dataset_id, "content_hash": data.meta["content_hash"],
+                                                   "made_with": made_with(p)})
         plot = plot_curves(out / "loss.png", f"Expert score model: {dataset_id}", "step",
                            "denoising loss", {"train": history.train, "validation": history.val}, yscale="log")
         mlflow.log_artifact(str(plot))
@@ -63,6 +64,20 @@ def pretrain(p: Params, data: ExpertData, out: Path) -> dict[str, Any]:
 
 def _log_losses(step: int, train_loss: float, val_loss: Optional[float]) -> None:
     tracking.log_metrics({"train_loss": train_loss, **({"val_loss": val_loss} if val_loss is not None else {})}, step)
+
+
+def made_with(p: Params) -> dict[str, Any]:
+    """The settings an expert score model depends on (all of ``score`` and ``pretrain`` but the logging cadence),
+    recorded with it so it is never reused under other ones."""
+    return {"score": as_dict(p.score), "pretrain": {k: v for k, v in as_dict(p.pretrain).items() if k != "eval_every"}}
+
+
+def stale_settings(extra: dict[str, Any], p: Params) -> list[str]:
+    """The settings (``section.key``) the model with record ``extra`` was made with that differ from ``p``'s."""
+    before, now = extra.get("made_with"), made_with(p)
+    if before is None:
+        return ["(not recorded: made by an older version)"]
+    return [f"{s}.{k}" for s in now for k in now[s] if before.get(s, {}).get(k) != now[s][k]]
 
 
 def load_expert_model(path: Path, data: ExpertData, device: str) -> ScoreModel:

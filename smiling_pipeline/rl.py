@@ -1,18 +1,18 @@
-"""SB3 integration: a replay buffer that relabels sampled rewards with an imitation reward (SMILING,
-or DAC from ``baselines``), and the callback that refits that reward every iteration
-(Follow-the-Leader on the learner's states).
+"""SB3 integration: a replay buffer that relabels sampled rewards with an imitation reward (a
+``rewards.RewardModel``: SMILING, or DAC from ``baselines``), and the callback that refits that reward
+every iteration (Follow-the-Leader on the learner's states). SB3 glue only: the rewards live in ``rewards``.
 
-Within an iteration the expert and learner models are fixed, and SMILING's estimator draws are
+Within an iteration the expert and learner models are fixed, and the fast SMILING estimator's draws are
 fixed for the run, so a row's reward is a fixed function of the row: the buffer caches each row's
 reward for the current model version and only evaluates stale rows, and it keeps the part that never
 changes (SMILING: the expert model's half) for the row's whole life. One SAC update of batch 256
 then costs far less than 256 reward evaluations (``benchmarks/`` measures it); per-batch
-normalisation is applied after.
+normalisation (the model's own) is applied after. A model that is not ``cacheable`` (the official
+estimator's fresh noise) is evaluated on every sampled batch.
 """
 
 from __future__ import annotations
 
-from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -24,9 +24,8 @@ from stable_baselines3 import __version__ as sb3_version
 from stable_baselines3.common.buffers import ReplayBuffer
 from stable_baselines3.common.type_aliases import ReplayBufferSamples
 
-from smiling_pipeline.config import CostConfig, TrainConfig
-from smiling_pipeline.cost import Draws, draw, grid_terms, model_errors, normalize_rewards
-from smiling_pipeline.score import FitSettings, GridTerms, ScoreModel, fit
+from smiling_pipeline.config import TrainConfig
+from smiling_pipeline.rewards import RewardModel
 
 ALGORITHMS: dict[str, Any] = {"sac": SAC, "td3": TD3, "ddpg": DDPG}  # SB3 off-policy learners, by ``train.rl``
 
@@ -42,112 +41,6 @@ def score_inputs(obs: torch.Tensor, actions: torch.Tensor, action_space: Optiona
     low = torch.as_tensor(action_space.low, device=actions.device)
     high = torch.as_tensor(action_space.high, device=actions.device)
     return torch.cat([obs, low + 0.5 * (actions + 1.0) * (high - low)], dim=1)
-
-
-class RewardModel(ABC):
-    """An imitation reward refit on learner data every iteration: what the relabelling buffer and
-    the refit callback need (SMILING here, DAC in ``baselines``)."""
-
-    def __init__(self, cfg: CostConfig, action_space: Optional[gym.spaces.Box], seed: int):
-        self.cfg = cfg
-        self.action_space = action_space  # set for the state-action variant
-        self.version = 0  # bumped whenever the reward changes
-        self.fixed_version = 0  # bumped whenever :meth:`fixed_part` changes (SMILING with new draws)
-        self.evaluations = 0  # rows whose reward was computed (for the overhead benchmark)
-        self.seed = seed
-
-    def rewards(self, rows: torch.Tensor, fixed: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """Unnormalised rewards of input rows (states, or [state, action]); ``fixed``: their
-        :meth:`fixed_part`, if already known."""
-        self.evaluations += len(rows)
-        return self._rewards(rows, fixed)
-
-    def fixed_part(self, rows: torch.Tensor) -> Optional[torch.Tensor]:
-        """The part of each row's reward that stays the same while :attr:`fixed_version` does (cached
-        per row by the buffer, passed back to :meth:`rewards`); None if there is none."""
-        return None
-
-    @abstractmethod
-    def _rewards(self, rows: torch.Tensor, fixed: Optional[torch.Tensor]) -> torch.Tensor: ...
-
-    @abstractmethod
-    def refit(self, learner_rows: np.ndarray, cfg: TrainConfig, iteration: int) -> float:
-        """Refit on all learner rows so far (warm start); returns the fit's final loss."""
-
-    @abstractmethod
-    def state_dict(self) -> dict[str, Any]: ...
-
-    @abstractmethod
-    def load_state_dict(self, state: dict[str, Any]) -> None: ...
-
-
-class SmilingReward(RewardModel):
-    """The SMILING reward: fixed expert score model, learner score model refit Follow-the-Leader style.
-
-    The estimator's K (timestep, noise) draws are shared by every row (common random numbers across
-    all rows, not only within one relabelled chunk). With ``cost.draws: run`` they are made once per
-    run from ``seed`` and a row's expert half (:meth:`fixed_part`) is computed once in its life; with
-    ``refit`` they are made anew at every refit, so a row's estimation error changes between
-    iterations (as with the official per-batch noise) and both halves are recomputed. Each model's
-    per-draw terms are computed once per reward version (most calls relabel a handful of rows).
-    """
-
-    def __init__(self, expert: ScoreModel, cfg: CostConfig, action_space: Optional[gym.spaces.Box], seed: int = 0,
-                 dtype: torch.dtype = torch.float32):
-        super().__init__(cfg, action_space, seed)
-        self.expert = expert
-        self.dtype = dtype  # of the rewards' output-layer matmuls and the refit's forward passes
-        self.learner = expert.fresh_copy()  # same normalisation as the expert
-        self.optimizer: Optional[torch.optim.Optimizer] = None
-        self.draws = self._draw(seed)
-        self._terms: dict[str, tuple[int, GridTerms]] = {}  # "expert" / "learner" -> (version, its grid terms)
-
-    def _draw(self, seed: int) -> Draws:
-        generator = torch.Generator(device=self.expert.mean.device).manual_seed(seed)
-        return draw(self.expert.t_max, self.expert.dim, self.cfg.timesteps, self.cfg.antithetic, generator,
-                    self.expert.mean.device)
-
-    def _errors(self, name: str, rows: torch.Tensor) -> torch.Tensor:
-        """``model_errors`` of the expert or learner model, its per-draw terms computed once per version."""
-        model: ScoreModel = getattr(self, name)
-        version, terms = self._terms.get(name, (None, None))
-        if terms is None or version != self.version:
-            terms = grid_terms(model, self.draws, self.dtype)
-            self._terms[name] = (self.version, terms)
-        return model_errors(model, rows, terms)
-
-    def fixed_part(self, rows: torch.Tensor) -> torch.Tensor:
-        """Minus the expert model's denoising error: the reward is the learner's error plus this."""
-        return -self._errors("expert", rows)
-
-    def _rewards(self, rows: torch.Tensor, fixed: Optional[torch.Tensor]) -> torch.Tensor:
-        return self._errors("learner", rows) + (self.fixed_part(rows) if fixed is None else fixed)
-
-    def refit(self, learner_rows: np.ndarray, cfg: TrainConfig, iteration: int) -> float:
-        settings = FitSettings(cfg.learner_fit_steps, cfg.learner_batch_size, cfg.learner_lr,
-                               eval_every=cfg.learner_fit_steps, dtype=self.dtype)
-        self.optimizer, history = fit(self.learner, learner_rows, settings, seed=cfg.seed + iteration,
-                                      optimizer=self.optimizer)
-        if self.cfg.draws == "refit":
-            self.draws = self._draw(self.seed + 1_000_003 * (iteration + 1))
-            self.fixed_version += 1
-        self.version += 1
-        return history.train[-1][1]
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"learner": self.learner.state_dict(), "draws": {"t": self.draws.t, "eps": self.draws.eps},
-                "optimizer": self.optimizer.state_dict() if self.optimizer else None,
-                "version": self.version, "fixed_version": self.fixed_version, "evaluations": self.evaluations}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.learner.load_state_dict(state["learner"])
-        self._terms.clear()  # new weights, possibly under a version number seen before
-        self.draws = Draws(state["draws"]["t"].to(self.draws.t), state["draws"]["eps"].to(self.draws.eps))
-        if state["optimizer"] is not None:
-            self.optimizer = torch.optim.AdamW(self.learner.parameters())
-            self.optimizer.load_state_dict(state["optimizer"])
-        self.version, self.evaluations = state["version"], state["evaluations"]
-        self.fixed_version = state["fixed_version"]
 
 
 class SmilingReplayBuffer(ReplayBuffer):
@@ -196,7 +89,7 @@ class SmilingReplayBuffer(ReplayBuffer):
         samples = super()._get_samples(batch_inds, env)
         self.relabelled += 1
         r = torch.as_tensor(self.rewards_at(batch_inds), device=samples.rewards.device)
-        r = normalize_rewards(r, self._model().cfg).reshape(-1, 1) + self.reward_offset
+        r = self._model().normalize_batch(r).reshape(-1, 1) + self.reward_offset
         if self.absorbing_gamma is not None:
             r = r + samples.dones * (self.absorbing_gamma / (1.0 - self.absorbing_gamma)) * r.min()
         return samples._replace(rewards=r)
@@ -205,6 +98,8 @@ class SmilingReplayBuffer(ReplayBuffer):
         """Current unnormalised rewards of the rows at ``idx``: only stale rows are evaluated, and
         each row's fixed part once per :attr:`RewardModel.fixed_version`."""
         model = self._model()
+        if not model.cacheable:
+            return model.rewards(self._rows(idx)).cpu().numpy()
         stale = np.unique(idx[self._cache_version[idx] != model.version])
         if len(stale):
             rows = self._rows(stale)

@@ -24,7 +24,7 @@ from typing import IO, Any, Literal, Optional
 import dacite
 import yaml
 
-from smiling_pipeline.config import as_dict, load_params, params_from_dict
+from smiling_pipeline.config import as_dict, load_params, params_from_dict, preset_overrides
 from smiling_pipeline.errors import UserError
 from smiling_pipeline.io import atomic_dir, check_writable, write_json
 from smiling_pipeline.tracking import git_commit
@@ -43,6 +43,7 @@ class Grid:
     variants: tuple[Literal["state-only", "state-action"], ...] = ("state-only", "state-action")
     expert_states: tuple[Optional[int], ...] = (None,)  # None: ingest.num_states as configured
     overrides: dict[str, Any] = field(default_factory=dict)  # {"section.key": value} for this grid's cells
+    presets: tuple[str, ...] = ()  # config.PRESETS applied before the overrides, e.g. [official-reward]
     label: Optional[str] = None  # names the overrides in the cell names (an ablation), e.g. draws-refit
 
 
@@ -85,11 +86,11 @@ def cells(sweep: SweepConfig, base: dict[str, Any]) -> list[Cell]:
                 grid.datasets, grid.algorithms, grid.variants, grid.expert_states, grid.seeds):
             if algorithm == "bc" and variant == "state-only":
                 continue  # BC needs expert actions
-            overrides = {**sweep.datasets[short], **grid.overrides, "train.algorithm": algorithm, "train.seed": seed,
+            overrides = {**sweep.datasets[short], **preset_overrides(grid.presets), **grid.overrides, "train.algorithm": algorithm, "train.seed": seed,
                          "pretrain.seed": seed, "ingest.with_actions": variant == "state-action"}
             if states is not None:
                 overrides["ingest.num_states"] = states
-            if grid.overrides and not grid.label:
+            if (grid.overrides or grid.presets) and not grid.label:
                 raise UserError(f"sweep grid over {', '.join(grid.datasets)} has overrides but no label to name them")
             label = f"-{grid.label}" if grid.label else ""
             name = (f"{sweep.name}-{short}-{algorithm}-{VARIANT_SHORT[variant]}{label}"

@@ -37,13 +37,12 @@ from smiling_pipeline.evaluate import EvalResult, References, evaluate_policy, p
 from smiling_pipeline.ingest import ExpertData, env_id_of
 from smiling_pipeline.io import atomic_dir, atomic_file, write_json
 from smiling_pipeline.report import plot_curves
+from smiling_pipeline.rewards import RewardModel, ScoreMatchingReward, smiling_reward
 from smiling_pipeline.rl import (
     ALGORITHMS,
     IterationStats,
     LearnerRefit,
-    RewardModel,
     SmilingReplayBuffer,
-    SmilingReward,
     attach,
     check_relabelling,
     grow,
@@ -143,7 +142,7 @@ def build_model(cfg: TrainConfig, env: gym.Env, device: torch.device, resume_fro
         grow(model.replay_buffer, cfg.steps + 1)  # room for a larger budget (an extended run)
         model.buffer_size = cfg.steps + 1
         return model
-    extra = {"ent_coef": cfg.ent_coef} if cfg.rl == "sac" else {}
+    extra = {"ent_coef": cfg.ent_coef, "target_update_interval": cfg.target_update_interval} if cfg.rl == "sac" else {}
     return algo("MlpPolicy", env, **extra, learning_rate=cfg.lr, buffer_size=cfg.steps + 1,
                 learning_starts=cfg.learning_starts, batch_size=cfg.batch_size, gamma=cfg.gamma,
                 policy_kwargs={"net_arch": list(cfg.net)}, replay_buffer_class=SmilingReplayBuffer, seed=cfg.seed,
@@ -175,7 +174,7 @@ def make_reward(p: Params, data: ExpertData, expert: Optional[ScoreModel], env: 
                          p.score.min_std)
     if expert is None:
         raise ValueError("SMILING needs the pretrained expert score model")
-    return SmilingReward(expert, p.cost, space, p.train.seed, dtype)
+    return smiling_reward(expert, p.cost, space, p.train.seed, dtype)
 
 
 def _settings(p: Params, dtype: torch.dtype, data: ExpertData, expert: Optional[ScoreModel]) -> dict[str, Any]:
@@ -191,26 +190,10 @@ def _settings(p: Params, dtype: torch.dtype, data: ExpertData, expert: Optional[
     return settings
 
 
-# Settings a study varies one at a time, and the algorithms they apply to; a run that changes any of
-# them says so in its ``config`` tag.
-ABLATIONS = {"score.linear": ("smiling",), "cost.draws": ("smiling",), "pretrain.steps": ("smiling",),
-             "train.termination": ("smiling", "dac"), "train.reward_offset": ("smiling", "dac"),
-             "baselines.dac_reward_norm": ("dac",), "baselines.dac_standardize": ("dac",)}
-
-
-def config_tag(p: Params) -> str:
-    """``name=value`` of every ablation setting that applies to the algorithm and differs from its default."""
-    default = Params()
-    changed = [f"{key.split('.')[1]}={getattr(getattr(p, s), n)}" for key, algorithms in ABLATIONS.items()
-               for s, n in [key.split(".")]
-               if p.train.algorithm in algorithms and getattr(getattr(p, s), n) != getattr(getattr(default, s), n)]
-    return ",".join(changed) or "default"
-
-
 def _tags(p: Params, data: ExpertData) -> dict[str, str]:
     return tracking.run_tags({"seed": p.train.seed, "algorithm": p.train.algorithm, "rl": p.train.rl,
                       "variant": "state-action" if data.meta["with_actions"] else "state-only",
-                      "linear": p.score.linear, "config": config_tag(p),
+                      "linear": p.score.linear, "config": config.config_tag(p),
                       "expert_states": data.meta["train_rows"] + data.meta["val_rows"]})
 
 
@@ -225,7 +208,7 @@ def _finish(out: Path, folder: Path, p: Params, data: ExpertData, env_id: str, r
             "tags": _tags(p, data), "train_seconds": round(train_seconds, 1),
             "mlflow_run_id": run.info.run_id, "policy_uri": tracking.log_torch_model(policy.policy.cpu(), "policy")}
     policy.save(out / "policy.zip")
-    if isinstance(reward_model, SmilingReward):
+    if isinstance(reward_model, ScoreMatchingReward):
         save_model(reward_model.learner, out / "reward_model.pt")
         info["reward_model_uri"] = tracking.log_torch_model(reward_model.learner.cpu(), "learner_score_model")
     elif isinstance(reward_model, DacReward):

@@ -11,7 +11,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "smiling_pipeline"
 LAYERS = [
     ["errors", "io", "config", "runtime", "tracking", "server", "checkpoint", "report", "envs"],
     ["demos", "ingest"],
-    ["score", "cost"],
+    ["score", "cost", "rewards"],
     ["rl", "baselines"],
     ["evaluate", "pretrain", "train"],
     ["pipeline", "compare", "sweep"],

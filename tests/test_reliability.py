@@ -17,6 +17,8 @@ import torch
 import yaml
 from conftest import DEMOS_DATASET, assert_user_error, make_dataset, run_cli, tree
 
+from smiling_pipeline.score import load_model
+
 pytestmark = pytest.mark.timeout(600)
 CLI = str(Path(sys.executable).parent / "smiling-cli")
 TINY = {
@@ -140,7 +142,7 @@ def test_checkpoint_folder_is_replaced_whole_or_not_at_all(tmp_path):
 # --- bad input: one line, non-zero exit, nothing half-written (the README's table) -----------------
 
 
-def test_expert_model_from_another_dataset_is_refused(store, tmp_path, monkeypatch):
+def test_expert_model_from_another_dataset_is_made_again(store, tmp_path, monkeypatch):
     other = tmp_path / "other-store"
     make_dataset(other, "smiling/other/expert-v0", "InvertedPendulum-v5", episodes=3, max_steps=40)
     p = params(tmp_path / "p.yaml")
@@ -148,10 +150,33 @@ def test_expert_model_from_another_dataset_is_refused(store, tmp_path, monkeypat
     monkeypatch.setenv("MINARI_DATASETS_PATH", str(other))  # same dimension, other data
     assert run_cli(["ingest", "--dataset", "smiling/other/expert-v0", "--workdir", tmp_path / "w"]).exit_code == 0
     other_params = params(tmp_path / "o.yaml", ingest={"dataset": "smiling/other/expert-v0"})
-    before = tree(tmp_path / "w")
-    assert_user_error(run_cli(["train", "--params", other_params, "--workdir", tmp_path / "w"]),
-                      "trained on other data", "pretrain again")
-    assert tree(tmp_path / "w") == before
+    run = run_cli(["train", "--params", other_params, "--workdir", tmp_path / "w", "--steps", "500"])
+    assert run.exit_code == 0, run.output
+    assert "made with other settings or data (expert data smiling/invertedpendulum" in run.stderr
+    assert load_model(tmp_path / "w" / "pretrain" / "expert_score.pt")[1]["dataset_id"] == "smiling/other/expert-v0"
+
+
+def test_an_expert_model_is_never_reused_under_other_score_settings(store, tmp_path):
+    """``train --linear`` after a default pretrain used to tag its run linear=True with nonlinear models."""
+    p = params(tmp_path / "p.yaml")
+    assert run_cli(["pretrain", "--params", p, "--workdir", tmp_path / "w"]).exit_code == 0
+    model_file = tmp_path / "w" / "pretrain" / "expert_score.pt"
+    assert not load_model(model_file)[0].cfg.linear
+    run = run_cli(["train", "--params", p, "--workdir", tmp_path / "w", "--linear", "--steps", "500"])
+    assert run.exit_code == 0, run.output
+    assert "(score.linear)" in run.stderr
+    expert, extra = load_model(model_file)
+    assert expert.cfg.linear and extra["made_with"]["score"]["linear"] is True
+    learner = load_model(tmp_path / "w" / "train" / "reward_model.pt")[0]
+    assert learner.cfg.linear  # the run's learner model is linear too
+    raw = params(tmp_path / "raw.yaml", score={"normalize": False})
+    run = run_cli(["train", "--params", raw, "--workdir", tmp_path / "w", "--steps", "500"])
+    assert run.exit_code == 0, run.output
+    assert "score.linear, score.normalize" in run.stderr
+    expert = load_model(model_file)[0]
+    assert torch.equal(expert.std, torch.ones(expert.dim)) and torch.equal(expert.mean, torch.zeros(expert.dim))
+    again = run_cli(["train", "--params", raw, "--workdir", tmp_path / "w", "--steps", "500"])
+    assert again.exit_code == 0 and "pretraining" not in again.stderr  # same settings: reused
 
 
 def test_policy_for_another_environment_is_refused(pretrained, tmp_path):

@@ -18,7 +18,8 @@ import yaml
 from conftest import DEMOS_DATASET, make_dataset, run_cli
 
 from smiling_pipeline.config import CostConfig, ScoreConfig, TrainConfig
-from smiling_pipeline.rl import LearnerRefit, SmilingReplayBuffer, SmilingReward, check_relabelling, score_inputs
+from smiling_pipeline.rewards import SmilingReward
+from smiling_pipeline.rl import LearnerRefit, SmilingReplayBuffer, check_relabelling, score_inputs
 from smiling_pipeline.score import ScoreModel
 
 pytestmark = pytest.mark.timeout(600)
@@ -381,16 +382,21 @@ def test_every_dvc_stage_depends_on_the_whole_package():
     assert all("smiling_pipeline" in stage["deps"] for stage in stages.values())
 
 
-def test_config_tag_names_only_the_ablations_that_apply_to_the_algorithm():
+def test_config_tag_names_every_changed_setting_that_applies_to_the_algorithm():
+    """Computed from the settings, not a hand-kept list: cost.timesteps (missed by the old list) is named;
+    the seed, budget and cadence are not; DAC's tag ignores the estimator's and pretraining's settings."""
     import dataclasses
 
-    from smiling_pipeline.config import Params
-    from smiling_pipeline.train import config_tag
+    from smiling_pipeline.config import Params, apply_presets, config_tag
 
     p = Params()
     assert config_tag(p) == "default"
     p = dataclasses.replace(p, pretrain=dataclasses.replace(p.pretrain, steps=2000),
-                            cost=dataclasses.replace(p.cost, draws="refit"))
-    assert config_tag(p) == "draws=refit,steps=2000"
+                            cost=dataclasses.replace(p.cost, draws="refit", timesteps=128),
+                            train=dataclasses.replace(p.train, seed=3, steps=99_000, eval_every=5000))
+    assert config_tag(p) == "pretrain.steps=2000;timesteps=128;draws=refit"
     dac = dataclasses.replace(p, train=dataclasses.replace(p.train, algorithm="dac", termination="absorbing"))
-    assert config_tag(dac) == "termination=absorbing"  # the estimator's and pretraining's settings are not DAC's
+    assert config_tag(dac) == "termination=absorbing"
+    sac = apply_presets(Params(), ["official-sac"])
+    assert config_tag(sac) == ("learning_starts=5000;net=1024,1024;train.batch_size=1024;train.lr=0.0001;"
+                               "target_update_interval=2")
