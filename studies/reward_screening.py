@@ -1,0 +1,281 @@
+"""Screening: which variant of the SMILING reward follows the true reward on fixed sets of states?
+
+Run from the repository root (one CPU thread; ~10 min per environment on this 2-core machine):
+  .venv/bin/python studies/reward_screening.py --env halfcheetah --out reports/fidelity/screening
+  .venv/bin/python studies/reward_screening.py --env hopper --with-actions --out reports/fidelity/screening
+  -> <out>/<env>[-sa].json and .md; the state sets are cached (and committed) in studies/states/<env>.npz
+
+Issue 26: the reward here departs from the official one on several points at once. Before spending RL
+cells, score fixed sets of states whose true rewards are known with each variant: today's default, the
+official reward (rewards.OfficialReward with its preset), and each deviation alone. The state sets are the
+committed expert (data/experts/<env>) acting deterministically with a fraction eps of its actions replaced
+by uniform random ones (eps = 0, 0.25, 0.5, 0.75, 1), and acting stochastically: six policies from expert to
+random, 1,000 states each (not states of an RL learner's run, which this machine has none of committed).
+
+Per variant, with the expert score model pre-trained as the pipeline does (ingest 5,000 states, 20k steps):
+- within: for each policy, a learner score model fit on its own states (2,000 steps), the policy's states
+  scored in shuffled batches of 256 and normalised per batch as SAC sees them; Pearson correlation with the
+  true step reward and with forward velocity, averaged over the six policies (the local slope);
+- pooled: one learner model fit on all six policies' states (a replay buffer's mix), all states scored in
+  shuffled batches; correlation with the true step reward (what FTL training sees);
+- ranking: Spearman correlation, over the policies, of the mean unnormalised reward under the pooled
+  learner with the policy's mean return (higher reward for better policies?);
+- cost: ms to score 1,000 rows (both halves, no cache).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+
+from smiling_pipeline.config import IngestConfig, Params, apply_presets
+from smiling_pipeline.cost import reward as fresh_reward
+from smiling_pipeline.demos import load_expert, use_minari_root
+from smiling_pipeline.ingest import ingest, load_expert_data, mean_std
+from smiling_pipeline.rewards import ScoreMatchingReward, smiling_reward
+from smiling_pipeline.score import FitSettings, ScoreModel, fit
+
+ENVS = {"hopper": "Hopper-v5", "walker2d": "Walker2d-v5", "halfcheetah": "HalfCheetah-v5"}
+EPS = (0.0, 0.25, 0.5, 0.75, 1.0)
+STATES_PER_POLICY = 1_000
+BATCH = 256
+
+
+def collect(env_name: str, seed: int = 0) -> dict[str, np.ndarray]:
+    """States, actions, true step rewards and forward velocities of the six policies (cached)."""
+    cache = Path("studies/states") / f"{env_name}.npz"
+    if cache.is_file():
+        return dict(np.load(cache))
+    env = gym.make(ENVS[env_name])
+    model = load_expert(f"data/experts/{env_name}/demos/expert_policy.zip", "sac", env, "cpu")
+    rng = np.random.default_rng(seed)
+    env.action_space.seed(seed)
+    out: dict[str, list[np.ndarray]] = {k: [] for k in ("obs", "act", "reward", "velocity", "policy", "returns")}
+    policies = [("det", e) for e in EPS] + [("stochastic", 0.0)]
+    for i, (kind, eps) in enumerate(policies):
+        rows, returns, episode = 0, [], 0
+        while rows < STATES_PER_POLICY:
+            obs, _ = env.reset(seed=seed + 1000 * i + episode)
+            total, done = 0.0, False
+            while not done:
+                a = model.predict(obs, deterministic=kind == "det")[0]
+                if rng.random() < eps:
+                    a = env.action_space.sample()
+                nxt, r, term, trunc, info = env.step(a)
+                if rows < STATES_PER_POLICY:
+                    for key, v in (("obs", obs), ("act", a), ("reward", r), ("velocity", info["x_velocity"]), ("policy", i)):
+                        out[key].append(np.asarray(v, dtype=np.float32))
+                    rows += 1
+                total += float(r)
+                obs, done = nxt, term or trunc
+            returns.append(total)
+            episode += 1
+        out["returns"].append(np.asarray(np.mean(returns), dtype=np.float32))
+        print(f"  policy {kind} eps={eps}: return {np.mean(returns):.0f} over {episode} episodes", flush=True)
+    arrays = {k: np.stack(v) for k, v in out.items()}
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(cache, **arrays)
+    return arrays
+
+
+def stochastic_expert_rows(env_name: str, with_actions: bool, n: int = 5_000, seed: int = 7) -> np.ndarray:
+    """Expert data as the official code records it: the expert's sampled actions (5,000 rows)."""
+    env = gym.make(ENVS[env_name])
+    model = load_expert(f"data/experts/{env_name}/demos/expert_policy.zip", "sac", env, "cpu")
+    rows: list[np.ndarray] = []
+    episode = 0
+    while len(rows) < n:
+        obs, _ = env.reset(seed=seed + episode)
+        done = False
+        while not done and len(rows) < n:
+            a = model.predict(obs, deterministic=False)[0]
+            rows.append(np.concatenate([obs, a]) if with_actions else obs.copy())
+            obs, _, term, trunc, _ = env.step(a)
+            done = term or trunc
+        episode += 1
+    return np.asarray(rows, dtype=np.float32)
+
+
+@dataclasses.dataclass(frozen=True)
+class Variant:
+    """One reward variant: its settings, where its expert data comes from, how a batch is scored and normalised."""
+
+    name: str
+    params: Params
+    demos: str = "deterministic"  # or stochastic
+    draws: str = "run"  # run: one draw set for the whole screening (training's default) | batch: new draws per batch
+    norm: str = "std"  # std (the paper's), rank, clip (standardised, clipped at 3)
+
+
+def variants() -> list[Variant]:
+    base = Params()
+
+    def with_(**changes: Any) -> Params:
+        score = dataclasses.replace(base.score, **{k[6:]: v for k, v in changes.items() if k.startswith("score_")})
+        cost = dataclasses.replace(base.cost, **{k[5:]: v for k, v in changes.items() if k.startswith("cost_")})
+        return dataclasses.replace(base, score=score, cost=cost)
+
+    return [
+        Variant("default", base),
+        Variant("official", apply_presets(base, ["official-reward"])),
+        Variant("raw states", with_(score_normalize=False)),
+        Variant("all timesteps", with_(score_min_signal=0.0)),
+        Variant("raw + all timesteps (fast)", with_(score_normalize=False, score_min_signal=0.0)),
+        Variant("fresh draws per batch", base, draws="batch"),
+        Variant("K = 128", with_(cost_timesteps=128)),
+        Variant("K = 500", with_(cost_timesteps=500)),
+        Variant("no antithetic", with_(cost_antithetic=False)),
+        Variant("stochastic demos", base, demos="stochastic"),
+        Variant("stochastic demos + raw states", with_(score_normalize=False), demos="stochastic"),
+        Variant("rank normalisation", base, norm="rank"),
+        Variant("clipped normalisation", base, norm="clip"),
+    ]
+
+
+def normalise(r: np.ndarray, how: str, std: float = 0.1) -> np.ndarray:
+    """One batch's rewards as SAC would see them under ``how``."""
+    if how == "rank":
+        r = np.argsort(np.argsort(r)).astype(np.float64)
+    z = (r - r.mean()) / (r.std() + 1e-8)
+    return (np.clip(z, -3, 3) if how == "clip" else z) * std
+
+
+def scorer(v: Variant, expert: ScoreModel, learner: ScoreModel, seed: int) -> Callable[[torch.Tensor], np.ndarray]:
+    """Unnormalised rewards of one batch under the variant's estimator, with ``learner`` as the learner model."""
+    if v.draws == "batch":
+        g = torch.Generator().manual_seed(seed)
+        return lambda x: fresh_reward(expert, learner, x, v.params.cost.timesteps, v.params.cost.antithetic, g).numpy()
+    model: ScoreMatchingReward = smiling_reward(expert, v.params.cost, None, seed)
+    model.learner = learner
+    return lambda x: model.rewards(x).numpy()
+
+
+def batched(score: Callable[[torch.Tensor], np.ndarray], rows: np.ndarray, how: str, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Rewards of ``rows`` scored in shuffled batches of 256: (normalised per batch, unnormalised)."""
+    order = np.random.default_rng(seed).permutation(len(rows))
+    raw, norm = np.empty(len(rows)), np.empty(len(rows))
+    for i in range(0, len(rows), BATCH):
+        idx = order[i : i + BATCH]
+        r = score(torch.as_tensor(rows[idx]))
+        raw[idx], norm[idx] = r, normalise(r, how)
+    return norm, raw
+
+
+def corr(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.corrcoef(a, b)[0, 1]) if np.std(a) > 0 and np.std(b) > 0 else float("nan")
+
+
+def spearman(a: np.ndarray, b: np.ndarray) -> float:
+    return corr(np.argsort(np.argsort(a)).astype(float), np.argsort(np.argsort(b)).astype(float))
+
+
+def fitted(template: ScoreModel, rows: np.ndarray, steps: int, seed: int) -> ScoreModel:
+    """A learner model (the expert's statistics) fit on ``rows`` as training's refits do (AdamW 5e-3, batch 1,024)."""
+    model = template.fresh_copy()
+    fit(model, rows, FitSettings(steps=steps), seed=seed)
+    return model
+
+
+def expert_model(v: Variant, rows: np.ndarray, mean: np.ndarray, std: np.ndarray, steps: int, seed: int) -> ScoreModel:
+    torch.manual_seed(seed)
+    model = ScoreModel(rows.shape[1], v.params.score, mean, std)
+    fit(model, rows, FitSettings(steps=steps, lr=v.params.pretrain.lr, weight_decay=v.params.pretrain.weight_decay),
+        seed=seed)
+    return model
+
+
+def screen(env_name: str, with_actions: bool, pretrain_steps: int, learner_steps: int, only: list[str]) -> list[dict[str, Any]]:
+    torch.set_num_threads(1)
+    use_minari_root("data/minari")
+    states = collect(env_name)
+    rows = np.concatenate([states["obs"], states["act"]], 1) if with_actions else states["obs"]
+    with tempfile.TemporaryDirectory() as tmp:
+        ingest(IngestConfig(dataset=f"smiling/{env_name}/expert-v0", with_actions=with_actions), Path(tmp))
+        data = load_expert_data(Path(tmp))
+    demos = {"deterministic": data.train, "stochastic": stochastic_expert_rows(env_name, with_actions)}
+    experts: dict[tuple[Any, ...], ScoreModel] = {}
+    learners: dict[tuple[Any, ...], ScoreModel] = {}
+    results = []
+    for v in variants():
+        if only and v.name not in only:
+            continue
+        started = time.time()
+        key = (v.demos, dataclasses.astuple(v.params.score))
+        if key not in experts:
+            x = demos[v.demos]
+            experts[key] = expert_model(v, x, *mean_std(x), pretrain_steps, seed=0)
+        expert = experts[key]
+        within_true, within_vel = [], []
+        for i in range(len(states["returns"])):
+            own = states["policy"] == i
+            lkey = (key, i)
+            if lkey not in learners:
+                learners[lkey] = fitted(expert, rows[own], learner_steps, seed=1 + i)
+            norm, _ = batched(scorer(v, expert, learners[lkey], seed=11), rows[own], v.norm, seed=i)
+            within_true.append(corr(norm, states["reward"][own]))
+            within_vel.append(corr(norm, states["velocity"][own]))
+        if (key, "pool") not in learners:
+            learners[(key, "pool")] = fitted(expert, rows, 3 * learner_steps, seed=99)
+        pool = scorer(v, expert, learners[(key, "pool")], seed=11)
+        norm, raw = batched(pool, rows, v.norm, seed=5)
+        means = np.array([raw[states["policy"] == i].mean() for i in range(len(states["returns"]))])
+        timing = scorer(v, expert, learners[(key, "pool")], seed=12)
+        t0 = time.perf_counter()
+        for i in range(0, 1_000, BATCH):
+            timing(torch.as_tensor(rows[i : min(i + BATCH, 1_000)]))
+        cost_ms = 1e3 * (time.perf_counter() - t0)
+        result = {"variant": v.name, "within_true": float(np.nanmean(within_true)), "within_velocity": float(np.nanmean(within_vel)),
+                  "within_true_per_policy": within_true, "pooled_true": corr(norm, states["reward"]),
+                  "ranking_spearman": spearman(means, states["returns"]), "mean_reward_per_policy": means.tolist(),
+                  "ms_per_1000_rows": cost_ms, "seconds": time.time() - started}
+        print(f"{v.name:32s} within {result['within_true']:+.2f} vel {result['within_velocity']:+.2f} pooled "
+              f"{result['pooled_true']:+.2f} rank {result['ranking_spearman']:+.2f} cost {cost_ms:.0f} ms/1k", flush=True)
+        results.append(result)
+    return results
+
+
+def write(out: Path, env_name: str, with_actions: bool, results: list[dict[str, Any]], command: str,
+          returns: np.ndarray) -> None:
+    name = f"{env_name}{'-sa' if with_actions else ''}"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{name}.json").write_text(json.dumps({"command": command, "policy_returns": returns.tolist(),
+                                                  "results": results}, indent=1))
+    lines = [f"# Reward screening: {ENVS[env_name]} {'state-action' if with_actions else 'state-only'}", "",
+             f"`{command}`", "",
+             "Policies (det eps = 0, 0.25, 0.5, 0.75, 1; stochastic expert), mean returns: "
+             + ", ".join(f"{r:.0f}" for r in returns), "",
+             "| variant | within: corr true reward | within: corr velocity | pooled: corr true | ranking (Spearman) | ms / 1,000 rows |",
+             "|---|---:|---:|---:|---:|---:|"]
+    lines += [f"| {r['variant']} | {r['within_true']:+.2f} | {r['within_velocity']:+.2f} | {r['pooled_true']:+.2f} | "
+              f"{r['ranking_spearman']:+.2f} | {r['ms_per_1000_rows']:.0f} |" for r in results]
+    (out / f"{name}.md").write_text("\n".join(lines) + "\n")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--env", choices=sorted(ENVS), required=True)
+    ap.add_argument("--with-actions", action="store_true")
+    ap.add_argument("--pretrain-steps", type=int, default=20_000)
+    ap.add_argument("--learner-steps", type=int, default=2_000)
+    ap.add_argument("--only", nargs="*", default=[], help="variant names to run (default: all)")
+    ap.add_argument("--out", type=Path, default=Path("reports/fidelity/screening"))
+    args = ap.parse_args()
+    command = ("python studies/reward_screening.py --env " + args.env + (" --with-actions" if args.with_actions else "")
+               + (f" --pretrain-steps {args.pretrain_steps}" if args.pretrain_steps != 20_000 else "")
+               + (f" --learner-steps {args.learner_steps}" if args.learner_steps != 2_000 else ""))
+    results = screen(args.env, args.with_actions, args.pretrain_steps, args.learner_steps, args.only)
+    write(args.out, args.env, args.with_actions, results, command, collect(args.env)["returns"])
+
+
+if __name__ == "__main__":
+    main()
