@@ -19,16 +19,15 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 from urllib.parse import urlparse
 
-import gymnasium as gym
-import numpy as np
-
 from smiling_pipeline.config import DemosConfig
-from smiling_pipeline.envs import Policy, check_box_spaces, env_name, random_policy, rollout_returns
 from smiling_pipeline.errors import DatasetNotFound, UserError
 from smiling_pipeline.io import write_json
+
+if TYPE_CHECKING:  # Gymnasium, SB3 and Minari are imported where they are used: ids are checked before any of them
+    import gymnasium as gym
 
 # namespace/.../name with an optional -vN; Minari's own rule, but the version may be omitted.
 _ID_RE = re.compile(r"^[A-Za-z0-9_][-\w]*(/[A-Za-z0-9_][-\w]*)*$")
@@ -222,6 +221,8 @@ def train_expert(cfg: DemosConfig, out: Path, device: str) -> Any:
     policy is evaluated every ``cfg.eval_every`` steps and the best evaluation is the one kept
     (SB3's ``EvalCallback``), as RL Zoo does.
     """
+    import gymnasium as gym
+    import numpy as np
     from stable_baselines3.common.callbacks import EvalCallback
 
     algorithm = _algorithm(cfg.algorithm)
@@ -247,6 +248,8 @@ def train_expert(cfg: DemosConfig, out: Path, device: str) -> Any:
 
 def load_expert(path: str, algorithm: str, env: gym.Env, device: str) -> Any:
     """Load an SB3 policy and check that it fits ``env``."""
+    from smiling_pipeline.envs import env_name
+
     if not Path(path).is_file():
         raise UserError(f"expert policy {path} not found; pass an SB3 .zip saved with model.save()")
     try:
@@ -259,6 +262,15 @@ def load_expert(path: str, algorithm: str, env: gym.Env, device: str) -> Any:
             f"but {env_name(env)} has {env.observation_space.shape} / {env.action_space.shape}"
         )
     return model
+
+
+def check_new_dataset_id(dataset_id: str) -> None:
+    """Refuse an id a new local dataset cannot take: malformed, without a version, or in an official namespace."""
+    check_dataset_id(dataset_id)
+    if not _VERSION_RE.match(dataset_id):
+        raise UserError(f"--dataset-id {dataset_id!r} needs a version, e.g. {dataset_id}-v0")
+    if dataset_id.startswith("mujoco/") or dataset_id.startswith("D4RL/"):
+        raise UserError(f"{dataset_id!r} would masquerade as an official Minari dataset; use your own namespace")
 
 
 @contextmanager
@@ -278,13 +290,12 @@ def make_demos(cfg: DemosConfig, root: Path, workdir: Path, device: str, force: 
     The dataset is written in a hidden staging folder and moved into place at the end, so an
     interrupted run leaves no half-made dataset behind.
     """
+    import gymnasium as gym
     from minari import DataCollector
 
-    check_dataset_id(cfg.dataset_id)
-    if not _VERSION_RE.match(cfg.dataset_id):
-        raise UserError(f"--dataset-id {cfg.dataset_id!r} needs a version, e.g. {cfg.dataset_id}-v0")
-    if cfg.dataset_id.startswith("mujoco/") or cfg.dataset_id.startswith("D4RL/"):
-        raise UserError(f"{cfg.dataset_id!r} would masquerade as an official Minari dataset; use your own namespace")
+    from smiling_pipeline.envs import Policy, check_box_spaces, random_policy, rollout_returns
+
+    check_new_dataset_id(cfg.dataset_id)
     target = root / cfg.dataset_id
     if target.exists() and not force:
         raise UserError(f"dataset {cfg.dataset_id} already exists in {root}; pass --force to replace it")
