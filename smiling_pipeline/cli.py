@@ -99,6 +99,7 @@ def _quiet_libraries() -> None:
         warnings.filterwarnings("ignore", module=module)
     warnings.filterwarnings("ignore", category=UserWarning)
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "ERROR")  # read when mlflow is first imported
+    os.environ.setdefault("HF_HUB_VERBOSITY", "error")  # Minari's remote: retries are not the user's news
     logging.getLogger("alembic").setLevel(logging.ERROR)
     os.environ.setdefault("MUJOCO_GL", "egl")
 
