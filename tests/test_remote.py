@@ -263,6 +263,14 @@ def test_a_bare_id_resolves_to_the_newest_remote_version_downloads_ingests_and_p
     assert hub.log == []  # resolved in the local store: the hub is not asked again
 
 
+def test_datasets_lists_the_newest_remote_versions_without_reference_scores(hub, user):
+    proc = cli(user, "datasets", "--remote")
+    assert proc.returncode == 0, proc.stderr
+    rows = [line.split() for line in proc.stdout.splitlines() if line.startswith("remote")]
+    assert [r[1] for r in rows] == [NEWEST]
+    assert rows[0][2] == str(EPISODES[NEWEST]) and rows[0][-2:] == ["-", "-"]  # no ref_min_score / ref_max_score
+
+
 def test_training_on_a_remote_dataset_normalizes_with_measured_references_and_says_so_once(hub, user, tmp_path):
     params = tmp_path / "tiny.yaml"
     params.write_text(yaml.safe_dump({
