@@ -87,9 +87,8 @@ def measure(packages: dict[str, Path], runs: int) -> dict[tuple[str, str], list[
     return times
 
 
-def table(times: dict[tuple[str, str], list[float]], packages: dict[str, Path], runs: int) -> list[str]:
+def table(times: dict[tuple[str, str], list[float]], packages: dict[str, Path], runs: int, load: str) -> list[str]:
     """Markdown: the reproducing command, the machine, then one row per command and a column per package."""
-    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     lines = ["Command: `.venv/bin/python benchmarks/startup.py" + "".join(
         f" --before {p}" for n, p in list(packages.items())[1:]) + "`", "",
         f"_{time.strftime('%Y-%m-%d %H:%M')}; {os.cpu_count()} CPUs, load average {load} at the start; Python "
@@ -112,8 +111,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     args = ap.parse_args(argv)
     packages = {"this checkout": ROOT}
     if args.before:
-        packages[f"before ({args.before.name})"] = args.before.resolve()
-    lines = table(measure(packages, args.runs), packages, args.runs)
+        packages[args.before.name] = args.before.resolve()
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())  # other jobs on the machine, before this one adds its own
+    lines = table(measure(packages, args.runs), packages, args.runs, load)
     text = "\n".join(["# Start-up time of smiling-cli", "", *lines]) + "\n"
     print(text)
     args.out.parent.mkdir(parents=True, exist_ok=True)
