@@ -246,9 +246,8 @@ def ingest(
     start(p, minari_root)
     from smiling_pipeline.ingest import ingest as run_ingest
 
-    cfg = p.ingest
     out = workdir_for(p) / "ingest"
-    meta = run_ingest(cfg, out)
+    meta = run_ingest(p.ingest, out)
     typer.echo(
         f"ingested {meta['dataset_id']}: {meta['train_rows']} train + {meta['val_rows']} val rows of dim "
         f"{meta['input_dim']} from {meta['episodes_used']} episodes -> {out}"

@@ -2,9 +2,9 @@
 
 A bare id (``mujoco/humanoid`` or ``mujoco/humanoid/expert``) resolves to the newest local
 version, else the newest remote one (downloaded through Minari's Hugging Face client, a default
-dependency), else a one-line error saying what was tried. Local datasets are made with Minari's own ``DataCollector`` from an SB3 SAC expert
-trained on the true reward, with ``ref_min_score``/``ref_max_score`` stored so that
-``minari.get_normalized_score`` works.
+dependency), else a one-line error saying what was tried. Local datasets are made with Minari's own
+``DataCollector`` from an SB3 SAC expert trained on the true reward, with
+``ref_min_score``/``ref_max_score`` stored so that ``minari.get_normalized_score`` works.
 """
 
 from __future__ import annotations
