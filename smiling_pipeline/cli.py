@@ -1,5 +1,9 @@
 """``smiling-cli``: the Typer front end. Each command reads ``params.yaml``, applies its options and
-calls one module function; user errors become one line on stderr and a non-zero exit code."""
+calls one module function; user errors become one line on stderr and a non-zero exit code.
+
+Importing this module imports none of torch, SB3, MLflow, Minari or Gymnasium: a command checks its
+settings and dataset id first (:func:`setup`, :func:`start`) and imports the stage it runs after that,
+so ``--help`` and refused input answer at once (``tests/test_startup.py``, ``benchmarks/startup.py``)."""
 
 from __future__ import annotations
 
@@ -19,7 +23,7 @@ import typer
 
 from smiling_pipeline import config as C
 from smiling_pipeline.errors import UserError
-from smiling_pipeline.pipeline import workdir as workdir_for
+from smiling_pipeline.pipeline import workdir as workdir_for  # light: the stages are imported where they run
 
 app = typer.Typer(
     help="SMILING imitation learning: Minari demos -> score models -> RL -> normalized return.",
@@ -98,28 +102,34 @@ def _quiet_libraries() -> None:
         warnings.filterwarnings("ignore", module=module)
     warnings.filterwarnings("ignore", category=UserWarning)
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "ERROR")  # read when mlflow is first imported
+    os.environ.setdefault("HF_HUB_VERBOSITY", "error")  # Minari's remote: retries are not the user's news
     logging.getLogger("alembic").setLevel(logging.ERROR)
     os.environ.setdefault("MUJOCO_GL", "egl")
 
 
-def setup(params: Optional[Path], workdir: Optional[Path] = None, minari_root: Optional[Path] = None,
-          device: Optional[str] = None, threads: Optional[int] = None, precision: Optional[str] = None) -> C.Params:
-    """Load params, apply the runtime options, point Minari at its store and set torch threads.
-
-    The Minari store is ``--minari-root``, else ``$MINARI_DATASETS_PATH``, else ``runtime.minari_root``,
-    else Minari's default.
-    """
-    from smiling_pipeline.pipeline import prepare
-    from smiling_pipeline.runtime import check_precision
-
+def setup(params: Optional[Path], workdir: Optional[Path] = None, device: Optional[str] = None,
+          threads: Optional[int] = None, precision: Optional[str] = None) -> C.Params:
+    """Load params and apply the runtime options; bad settings are refused here, before any heavy import."""
     _quiet_libraries()
     p = C.load_params(params)
     rt = C.override(p.runtime, workdir=str(workdir) if workdir else None, device=device, threads=threads,
                     precision=precision)
-    check_precision(rt.precision)
-    p = dataclasses.replace(p, runtime=rt)
+    return dataclasses.replace(p, runtime=rt)
+
+
+def start(p: C.Params, minari_root: Optional[Path], dataset: bool = True) -> None:
+    """Refuse a malformed ``ingest.dataset`` (when the command reads a dataset), then point Minari at its
+    store and set torch threads: the command's first heavy import, so nothing before it waits for one.
+
+    The Minari store is ``--minari-root``, else ``$MINARI_DATASETS_PATH``, else ``runtime.minari_root``,
+    else Minari's default.
+    """
+    from smiling_pipeline.demos import check_dataset_id
+    from smiling_pipeline.pipeline import prepare
+
+    if dataset:
+        check_dataset_id(p.ingest.dataset)
     prepare(p, minari_root)
-    return p
 
 
 def with_section(p: C.Params, section: str, **values: Any) -> C.Params:
@@ -144,7 +154,7 @@ def datasets(
     from smiling_pipeline.demos import local_datasets, remote_datasets
     from smiling_pipeline.demos import minari_root as store
 
-    setup(params, minari_root=minari_root)
+    start(setup(params), minari_root, dataset=False)
     rows = [("local", i, m) for i, m in local_datasets().items()]
     if remote:
         rows += [("remote", i, m) for i, m in remote_datasets().items()]
@@ -200,15 +210,18 @@ def demos(
     threads: ThreadsOpt = None,
 ) -> None:
     """Make a local expert dataset: train an SB3 expert (PPO or SAC) on the true reward (or load --policy), record with Minari."""
-    from smiling_pipeline.demos import make_demos
+    from smiling_pipeline.demos import check_new_dataset_id, make_demos
     from smiling_pipeline.demos import minari_root as store
     from smiling_pipeline.io import write_json
-    from smiling_pipeline.runtime import resolve_device
 
-    p = setup(params, workdir, minari_root, device, threads)
+    p = setup(params, workdir, device, threads)
     cfg = C.override(p.demos, env_id=env, dataset_id=dataset_id, algorithm=algorithm, expert_steps=expert_steps,
                      expert_net=_net(expert_net), eval_every=eval_every, episodes=episodes,
-                      random_episodes=random_episodes, policy_path=policy, deterministic=deterministic, seed=seed)
+                     random_episodes=random_episodes, policy_path=policy, deterministic=deterministic, seed=seed)
+    check_new_dataset_id(cfg.dataset_id)
+    start(p, minari_root, dataset=False)
+    from smiling_pipeline.runtime import resolve_device
+
     out = workdir_for(p) / "demos"
     result = make_demos(cfg, store(), out, str(resolve_device(p.runtime.device)), force=force)
     write_json(out / "demos.json", vars(result))
@@ -233,14 +246,13 @@ def ingest(
     minari_root: RootOpt = None,
 ) -> None:
     """Read a Minari dataset once and write expert arrays, statistics and metadata under the workdir."""
+    p = with_section(setup(params, workdir), "ingest", dataset=dataset, num_states=num_states, every=every,
+                     max_episodes=max_episodes, val_fraction=val_fraction, with_actions=with_actions, seed=seed)
+    start(p, minari_root)
     from smiling_pipeline.ingest import ingest as run_ingest
 
-    p = setup(params, workdir, minari_root)
-    p = with_section(p, "ingest", dataset=dataset)
-    cfg = C.override(p.ingest, dataset=dataset, num_states=num_states, every=every, max_episodes=max_episodes,
-                     val_fraction=val_fraction, with_actions=with_actions, seed=seed)
     out = workdir_for(p) / "ingest"
-    meta = run_ingest(cfg, out)
+    meta = run_ingest(p.ingest, out)
     typer.echo(
         f"ingested {meta['dataset_id']}: {meta['train_rows']} train + {meta['val_rows']} val rows of dim "
         f"{meta['input_dim']} from {meta['episodes_used']} episodes -> {out}"
@@ -264,14 +276,15 @@ def pretrain(
     precision: PrecisionOpt = None,
 ) -> None:
     """Pre-train the expert diffusion score model; logs losses and the model to MLflow."""
-    from smiling_pipeline.pipeline import ensure_ingested
-    from smiling_pipeline.pretrain import pretrain as run_pretrain
-
-    p = C.apply_presets(setup(params, workdir, minari_root, device, threads, precision), preset or [])
+    p = C.apply_presets(setup(params, workdir, device, threads, precision), preset or [])
     p = with_section(p, "ingest", dataset=dataset, with_actions=with_actions)
     p = with_section(p, "score", linear=linear)
     p = with_section(p, "pretrain", steps=steps, seed=seed)
     check_settings(p)
+    start(p, minari_root)
+    from smiling_pipeline.pipeline import ensure_ingested
+    from smiling_pipeline.pretrain import pretrain as run_pretrain
+
     m = run_pretrain(p, ensure_ingested(p), workdir_for(p) / "pretrain")
     typer.echo(f"expert score model: val loss {m['final_val_loss']:.4f} after {m['steps']} steps -> "
                f"{workdir_for(p) / 'pretrain'}; MLflow model {m['model_uri']}")
@@ -300,16 +313,17 @@ def train(
     precision: PrecisionOpt = None,
 ) -> None:
     """Iterative SMILING (or the DAC / BC baselines): RL on the imitation reward, refit every iteration."""
-    from smiling_pipeline.pipeline import ensure_ingested, ensure_pretrained
-    from smiling_pipeline.train import make_env
-    from smiling_pipeline.train import train as run_train
-
-    p = C.apply_presets(setup(params, workdir, minari_root, device, threads, precision), preset or [])
+    p = C.apply_presets(setup(params, workdir, device, threads, precision), preset or [])
     p = with_section(p, "ingest", dataset=dataset, with_actions=with_actions)
     p = with_section(p, "score", linear=linear)
     p = with_section(p, "train", steps=steps, algorithm=algorithm, rl=rl, eval_every=eval_every, eval_episodes=eval_episodes,
                      checkpoint_every=checkpoint_every, seed=seed)
     check_settings(p)
+    start(p, minari_root)
+    from smiling_pipeline.pipeline import ensure_ingested, ensure_pretrained
+    from smiling_pipeline.train import make_env
+    from smiling_pipeline.train import train as run_train
+
     data = ensure_ingested(p, needs_env=True)
     make_env(data, p.train.termination)[1].close()  # the environment matches the data, before pretraining
     expert = ensure_pretrained(p, data) if p.train.algorithm == "smiling" else None
@@ -333,14 +347,15 @@ def evaluate(
     device: DeviceOpt = None,
 ) -> None:
     """Run a policy with the true reward: raw return and normalized return (random 0, expert 1)."""
+    p = setup(params, workdir, device)
+    p = with_section(p, "ingest", dataset=dataset)
+    p = with_section(p, "evaluate", episodes=episodes, seed=seed)
+    check_settings(p)
+    start(p, minari_root)
     from smiling_pipeline.evaluate import evaluate as run_evaluate
     from smiling_pipeline.evaluate import policy_ref, trained_records
     from smiling_pipeline.pipeline import ensure_ingested
 
-    p = setup(params, workdir, minari_root, device)
-    p = with_section(p, "ingest", dataset=dataset)
-    p = with_section(p, "evaluate", episodes=episodes, seed=seed)
-    check_settings(p)
     ref = policy_ref(workdir_for(p), policy)
     trained = None if policy else trained_records(workdir_for(p))
     m = run_evaluate(p, ensure_ingested(p, needs_env=True), workdir_for(p), ref, video, trained)
@@ -384,10 +399,11 @@ def report(
         return
     if exp_prefix or cells or no_mlflow:
         raise UserError("--exp-prefix, --cells and --no-mlflow only apply with --compare")
+    p = with_section(setup(params, workdir), "ingest", dataset=dataset)
+    start(p, minari_root)
     from smiling_pipeline.report import write_report
     from smiling_pipeline.tracking import attach_files
 
-    p = with_section(setup(params, workdir, minari_root), "ingest", dataset=dataset)
     summary = write_report(workdir_for(p), out or Path("reports"))
     run_id = json.loads((workdir_for(p) / "train_metrics" / "run.json").read_text())["mlflow_run_id"]
     files = [summary, *(summary.parent / name for name in ("learning_curve.png", "cost.png", "score_losses.png"))]

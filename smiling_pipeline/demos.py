@@ -1,15 +1,18 @@
 """Expert demonstrations: resolve Minari ids (local, then remote) and make local expert datasets.
 
 A bare id (``mujoco/humanoid`` or ``mujoco/humanoid/expert``) resolves to the newest local
-version, else the newest remote one (downloaded through Minari), else a one-line error saying what
-was tried. Local datasets are made with Minari's own ``DataCollector`` from an SB3 SAC expert
-trained on the true reward, acting stochastically as the official code records its experts
-(``demos.deterministic`` records its mean action instead), with ``ref_min_score``/``ref_max_score`` stored so that
-``minari.get_normalized_score`` works.
+version, else the newest remote one (downloaded through Minari's Hugging Face client, a default
+dependency), else a one-line error saying what was tried. Local datasets are made with Minari's own
+``DataCollector`` from an SB3 SAC expert trained on the true reward, acting stochastically as the
+official code records its experts (``demos.deterministic`` records its mean action instead), with
+``ref_min_score``/``ref_max_score`` stored so that ``minari.get_normalized_score`` works.
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
+import logging
 import os
 import re
 import shutil
@@ -20,21 +23,23 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 from urllib.parse import urlparse
 
-import gymnasium as gym
-import numpy as np
-
 from smiling_pipeline.config import DemosConfig
-from smiling_pipeline.envs import Policy, check_box_spaces, env_name, random_policy, rollout_returns
 from smiling_pipeline.errors import DatasetNotFound, UserError
 from smiling_pipeline.io import write_json
+
+if TYPE_CHECKING:  # Gymnasium, SB3 and Minari are imported where they are used: ids are checked before any of them
+    import gymnasium as gym
 
 # namespace/.../name with an optional -vN; Minari's own rule, but the version may be omitted.
 _ID_RE = re.compile(r"^[A-Za-z0-9_][-\w]*(/[A-Za-z0-9_][-\w]*)*$")
 _VERSION_RE = re.compile(r"^(?P<base>.+)-v(?P<version>\d+)$")
 _REMOTE_TIMEOUT_S = 3.0
+_NAMESPACE_FILE = "namespace_metadata.json"  # Minari's namespace metadata, one per namespace folder
+
+log = logging.getLogger(__name__)
 
 
 def minari_root(root: str | Path | None = None) -> Path:
@@ -129,12 +134,10 @@ def remote_datasets(query: Optional[str] = None) -> dict[str, dict[str, Any]]:
     reason = remote_reachable()
     if reason:
         raise UserError(reason)
-    try:
-        import minari
+    import minari
 
+    try:
         return minari.list_remote_datasets(prefix=query, latest_version=True, compatible_minari_version=True)
-    except ImportError as e:
-        raise UserError("remote datasets need the Hugging Face client: pip install 'smiling-pipeline[remote]'") from e
     except Exception as e:  # the hub's own errors: network, auth, missing repo
         raise UserError(f"listing remote datasets failed: {str(e).splitlines()[0]}") from e
 
@@ -150,7 +153,7 @@ def resolve_dataset(dataset: str, download: bool = True) -> str:
     root = minari_root()
     hint = (
         "make a local one with `smiling-cli demos --env ENV --dataset-id smiling/NAME/expert-v0` and pass that id, "
-        f"or download it where there is a network (`minari download ID`) into {root}"
+        f"or rerun where the Minari remote ({remote_host()}) can be reached: remote datasets are downloaded into {root}"
     )
     if not download:
         raise DatasetNotFound(f"dataset {dataset!r} not found in the local store {root}; {hint}")
@@ -171,13 +174,34 @@ def _remote_prefix(dataset: str) -> str:
 
 
 def _download(dataset_id: str) -> None:
-    """Fetch a remote dataset into the local store (Minari shows the download progress)."""
+    """Fetch a remote dataset into the local store, with the Hugging Face client's progress bars.
+
+    Minari downloads into a hidden staging store first and the dataset is moved into place only once it
+    is complete: Minari writes into the store directly, and would take the half of an interrupted
+    download for the dataset (and skip downloading it again).
+    """
     import minari
 
-    try:
-        minari.download_dataset(dataset_id)
-    except Exception as e:
-        raise UserError(f"downloading {dataset_id} failed: {str(e).splitlines()[0]}") from e
+    root = minari_root()
+    log.info(f"downloading {dataset_id} from the Minari remote ({remote_host()}) into {root}")
+    # Minari's own notes on stdout name the staging store, and stdout is the command's result: dropped
+    with _staging(root) as stage, _pointed_at(stage), contextlib.redirect_stdout(io.StringIO()):
+        try:
+            minari.download_dataset(dataset_id)
+        except Exception as e:
+            raise UserError(f"downloading {dataset_id} failed: {str(e).splitlines()[0]}") from e
+        _move_into(stage, root)
+
+
+def _move_into(stage: Path, root: Path) -> None:
+    """Move the datasets and namespace metadata a download left in ``stage`` into the store ``root``; what
+    the store has already is kept (another process may have fetched it meanwhile)."""
+    for path in sorted(stage.rglob("*")):  # a folder before what it holds
+        rel = path.relative_to(stage)
+        wanted = path.name == _NAMESPACE_FILE or (path / "data").is_dir()  # namespace metadata, or a dataset
+        if wanted and not any(part.startswith(".") for part in rel.parts) and not (root / rel).exists():
+            (root / rel).parent.mkdir(parents=True, exist_ok=True)
+            os.replace(path, root / rel)
 
 
 def load_dataset(dataset_id: str) -> Any:
@@ -223,6 +247,8 @@ def train_expert(cfg: DemosConfig, out: Path, device: str) -> Any:
     policy is evaluated every ``cfg.eval_every`` steps and the best evaluation is the one kept
     (SB3's ``EvalCallback``), as RL Zoo does.
     """
+    import gymnasium as gym
+    import numpy as np
     from stable_baselines3.common.callbacks import EvalCallback
 
     algorithm = _algorithm(cfg.algorithm)
@@ -248,6 +274,8 @@ def train_expert(cfg: DemosConfig, out: Path, device: str) -> Any:
 
 def load_expert(path: str, algorithm: str, env: gym.Env, device: str) -> Any:
     """Load an SB3 policy and check that it fits ``env``."""
+    from smiling_pipeline.envs import env_name
+
     if not Path(path).is_file():
         raise UserError(f"expert policy {path} not found; pass an SB3 .zip saved with model.save()")
     try:
@@ -260,6 +288,29 @@ def load_expert(path: str, algorithm: str, env: gym.Env, device: str) -> Any:
             f"but {env_name(env)} has {env.observation_space.shape} / {env.action_space.shape}"
         )
     return model
+
+
+def check_new_dataset_id(dataset_id: str) -> None:
+    """Refuse an id a new local dataset cannot take: malformed, without a version, or in an official namespace."""
+    check_dataset_id(dataset_id)
+    if not _VERSION_RE.match(dataset_id):
+        raise UserError(f"--dataset-id {dataset_id!r} needs a version, e.g. {dataset_id}-v0")
+    if dataset_id.startswith("mujoco/") or dataset_id.startswith("D4RL/"):
+        raise UserError(f"{dataset_id!r} would masquerade as an official Minari dataset; use your own namespace")
+
+
+@contextmanager
+def _pointed_at(store: Path) -> Iterator[None]:
+    """Point Minari at ``store`` for the block, then back at the store it used before."""
+    before = os.environ.get("MINARI_DATASETS_PATH")
+    os.environ["MINARI_DATASETS_PATH"] = str(store)
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("MINARI_DATASETS_PATH", None)
+        else:
+            os.environ["MINARI_DATASETS_PATH"] = before
 
 
 @contextmanager
@@ -279,13 +330,12 @@ def make_demos(cfg: DemosConfig, root: Path, workdir: Path, device: str, force: 
     The dataset is written in a hidden staging folder and moved into place at the end, so an
     interrupted run leaves no half-made dataset behind.
     """
+    import gymnasium as gym
     from minari import DataCollector
 
-    check_dataset_id(cfg.dataset_id)
-    if not _VERSION_RE.match(cfg.dataset_id):
-        raise UserError(f"--dataset-id {cfg.dataset_id!r} needs a version, e.g. {cfg.dataset_id}-v0")
-    if cfg.dataset_id.startswith("mujoco/") or cfg.dataset_id.startswith("D4RL/"):
-        raise UserError(f"{cfg.dataset_id!r} would masquerade as an official Minari dataset; use your own namespace")
+    from smiling_pipeline.envs import Policy, check_box_spaces, random_policy, rollout_returns
+
+    check_new_dataset_id(cfg.dataset_id)
     target = root / cfg.dataset_id
     if target.exists() and not force:
         raise UserError(f"dataset {cfg.dataset_id} already exists in {root}; pass --force to replace it")
@@ -304,8 +354,7 @@ def make_demos(cfg: DemosConfig, root: Path, workdir: Path, device: str, force: 
 
     random_returns = rollout_returns(env, random_policy(env, cfg.seed), cfg.random_episodes, cfg.seed, "random policy")
     with _staging(root) as stage:
-        os.environ["MINARI_DATASETS_PATH"] = str(stage)
-        try:
+        with _pointed_at(stage):
             collector = DataCollector(env, record_infos=False)
             expert_returns = rollout_returns(collector, expert, cfg.episodes, cfg.seed + 1_000_000, "recording expert")
             dataset = collector.create_dataset(
@@ -325,8 +374,6 @@ def make_demos(cfg: DemosConfig, root: Path, workdir: Path, device: str, force: 
             )
             steps = int(dataset.total_steps)
             collector.close()
-        finally:
-            os.environ["MINARI_DATASETS_PATH"] = str(root)
         if target.exists():
             shutil.rmtree(target)
         target.parent.mkdir(parents=True, exist_ok=True)

@@ -1,5 +1,8 @@
 """The chaining of stages, in one place: a command that needs an earlier stage's output runs that
-stage first when the output is missing. Stage functions themselves take inputs and return outputs."""
+stage first when the output is missing. Stage functions themselves take inputs and return outputs.
+
+The stages (and with them torch, SB3, Minari) are imported where they are run, so that the CLI, which
+imports this module, parses its options and refuses bad input before any heavy import."""
 
 from __future__ import annotations
 
@@ -7,14 +10,15 @@ import logging
 import os
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from smiling_pipeline.config import Params
 from smiling_pipeline.demos import load_dataset, resolve_dataset, use_minari_root
-from smiling_pipeline.ingest import ExpertData, env_id_of, ingest, load_expert_data
 from smiling_pipeline.io import check_writable
-from smiling_pipeline.pretrain import MODEL_FILE, load_expert_model, pretrain, stale_settings
-from smiling_pipeline.runtime import set_threads
-from smiling_pipeline.score import ScoreModel, load_model
+
+if TYPE_CHECKING:
+    from smiling_pipeline.ingest import ExpertData
+    from smiling_pipeline.score import ScoreModel
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +36,8 @@ def workdir(p: Params) -> Path:
 def prepare(p: Params, minari_root: Path | None = None) -> None:
     """Point Minari at ``minari_root``, else ``$MINARI_DATASETS_PATH``, else ``runtime.minari_root``, and set
     torch threads: what a process running stages (a command, a sweep cell on a cluster node) does first."""
+    from smiling_pipeline.runtime import set_threads
+
     use_minari_root(minari_root or os.environ.get("MINARI_DATASETS_PATH") or p.runtime.minari_root)
     set_threads(p.runtime.threads)
 
@@ -40,6 +46,8 @@ def ensure_ingested(p: Params, needs_env: bool = False) -> ExpertData:
     """The ingested expert data for ``p.ingest``; ingests first when missing or made from another dataset.
     ``needs_env``: the command runs the dataset's environment, so a dataset without an environment spec
     is refused before anything is written."""
+    from smiling_pipeline.ingest import env_id_of, ingest, load_expert_data
+
     check_writable(workdir(p))
     folder = workdir(p) / "ingest"
     if (folder / "meta.json").is_file():
@@ -63,6 +71,9 @@ def ensure_ingested(p: Params, needs_env: bool = False) -> ExpertData:
 def ensure_pretrained(p: Params, data: ExpertData) -> ScoreModel:
     """The expert score model for ``data`` and ``p``'s score and pretrain settings, pretraining first when it
     is missing or was made from other data or with other settings (it is never reused under other ones)."""
+    from smiling_pipeline.pretrain import MODEL_FILE, load_expert_model, pretrain, stale_settings
+    from smiling_pipeline.score import load_model
+
     path = workdir(p) / "pretrain" / MODEL_FILE
     if not path.is_file():
         log.info(f"no expert score model at {path}; pretraining first")
