@@ -75,8 +75,9 @@ def test_a_dataset_without_an_environment_is_refused_before_anything_is_written(
 def test_resume_refuses_a_checkpoint_made_with_another_expert_model(store, tmp_path):
     p = params(tmp_path / "p.yaml")
     assert run_cli(["train", "--params", p]).exit_code == 0
-    assert run_cli(["pretrain", "--params", p, "--seed", "1"]).exit_code == 0  # another expert model
-    assert_user_error(run_cli(["train", "--params", p, "--resume"]), "inputs.expert_model", "without --resume")
+    other = params(tmp_path / "other.yaml", pretrain={"seed": 1})
+    assert run_cli(["pretrain", "--params", other]).exit_code == 0  # another expert model
+    assert_user_error(run_cli(["train", "--params", other, "--resume"]), "inputs.expert_model", "without --resume")
 
 
 def test_a_stage_that_fails_inside_its_run_ends_it_failed_with_the_error(tmp_path):

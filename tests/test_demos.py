@@ -114,7 +114,8 @@ def test_force_replaces_a_dataset_using_a_saved_policy(recorded, monkeypatch, tm
     monkeypatch.setenv("MINARI_DATASETS_PATH", str(store))
     policy = recorded["workdir"] / "demos" / "expert_policy.zip"
     args = ["demos", "--env", ENV, "--dataset-id", DATASET, "--algorithm", "ppo", "--policy", policy,
-            "--episodes", "2", "--random-episodes", "3", "--device", "cpu", "--workdir", tmp_path / "w"]
+            "--episodes", "2", "--random-episodes", "3", "--device", "cpu", "--workdir", tmp_path / "w",
+            "--deterministic"]  # the mean action: the saved expert balances the whole episode
 
     assert_user_error(run_cli(args), DATASET, "already exists", "--force")
     run = run_cli([*args, "--force"])
