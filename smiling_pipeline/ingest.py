@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 
 from smiling_pipeline.config import IngestConfig, as_dict
 from smiling_pipeline.demos import load_dataset, resolve_dataset
-from smiling_pipeline.envs import check_box_spaces, env_name
+from smiling_pipeline.envs import check_box_spaces, env_name, make_from_spec
 from smiling_pipeline.errors import DataError, UserError
 from smiling_pipeline.io import atomic_dir, write_json
 
@@ -116,8 +116,8 @@ def _make_env(spec: Optional[gym.envs.registration.EnvSpec]) -> Optional[gym.Env
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                return gym.make(candidate)
-        except Exception:  # unknown env id or wrapper entry point
+                return make_from_spec(candidate)
+        except Exception:  # not installed here, or a wrapper that cannot be rebuilt
             continue
     return None
 
@@ -334,14 +334,6 @@ def ingest(cfg: IngestConfig, out_dir: Path) -> dict[str, Any]:
         save(tmp / "expert.npz", **cast(dict[str, Any], arrays))
         write_json(tmp / "meta.json", meta)
     return meta
-
-
-def env_id_of(meta: dict[str, Any]) -> str:
-    """The environment of an ingested dataset; refused when it has none (training and evaluation run it)."""
-    if meta.get("env_id") is None:
-        raise UserError(f"dataset {meta['dataset_id']} has no environment spec; pretrain works without one, "
-                        "but train and evaluate need the environment")
-    return str(meta["env_id"])
 
 
 def load_expert_data(ingest_dir: Path) -> ExpertData:
