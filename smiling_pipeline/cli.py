@@ -339,7 +339,7 @@ def evaluate(
     policy: Annotated[Optional[str], typer.Option("--policy", help="SB3 .zip or MLflow model URI (default: the trained policy).")] = None,
     dataset: Annotated[Optional[str], typer.Option("--dataset", help="Minari id the policy imitates [params: ingest.dataset].")] = None,
     episodes: Annotated[Optional[int], typer.Option("--episodes", min=1, help="Episodes [params: evaluate.episodes].")] = None,
-    video: Annotated[Optional[bool], typer.Option("--video/--no-video", help="Record the first episode (MUJOCO_GL=egl).")] = None,
+    video: Annotated[Optional[bool], typer.Option("--video/--no-video", help="Record the first episode (MUJOCO_GL=egl) [params: evaluate.video, on by default].")] = None,
     seed: SeedOpt = None,
     params: ParamsOpt = None,
     workdir: WorkdirOpt = None,
