@@ -45,7 +45,7 @@ def cell_noise(run: Path, ks: list[int], sets: int, episodes: int) -> dict:
     env_id = data.meta["env_id"]
     expert, _ = load_model(run / "pretrain" / "expert_score.pt")
     learner, _ = load_model(run / "train" / "reward_model.pt")
-    x, true_r, ret = policy_states(run / "train" / "policy.zip", env_id, episodes, bool(data.meta["with_actions"]))
+    x, true_r, ret = policy_states(run / "train" / "policy.zip", data.meta, episodes)
     vel, xt = x[:, forward_velocity_index(env_id)], torch.as_tensor(x)
     antithetic = bool(params["cost"]["antithetic"])
 

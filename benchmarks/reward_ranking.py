@@ -22,24 +22,25 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import Any
 
-import gymnasium as gym
 import numpy as np
 import torch
 from mujoco_obs import forward_velocity_index  # benchmarks/, on the path as the script's folder
 
 from smiling_pipeline.cost import draw, grid_terms, model_errors
+from smiling_pipeline.envs import make_env
 from smiling_pipeline.evaluate import load_policy
 from smiling_pipeline.ingest import load_expert_data
 from smiling_pipeline.score import load_model
 
 
-def policy_states(policy_zip: Path, env_id: str, episodes: int,
-                  with_actions: bool) -> tuple[np.ndarray, np.ndarray, float]:
-    """States (or state-action rows) visited by the policy's deterministic episodes, the true reward of each
-    step taken from them, and the episodes' mean true return."""
+def policy_states(policy_zip: Path, meta: dict[str, Any], episodes: int) -> tuple[np.ndarray, np.ndarray, float]:
+    """States (or state-action rows, for a state-action dataset) visited by the policy's deterministic episodes
+    on the dataset's recorded environment, the true reward of each step taken from them, and the episodes' mean
+    true return."""
     policy = load_policy(str(policy_zip))
-    env = gym.make(env_id)
+    env, with_actions = make_env(meta), bool(meta["with_actions"])
     states, rewards, returns = [], [], []
     for e in range(episodes):
         obs, _ = env.reset(seed=100 + e)
@@ -67,9 +68,8 @@ def ranking(runs: Path, scorer: str, policies: list[str], episodes: int) -> dict
     draws = draw(expert.t_max, expert.dim, 64, True, torch.Generator().manual_seed(0))
     terms_e, terms_l = grid_terms(expert, draws), grid_terms(learner, draws)
     sets = {"expert (held-out states)": (data.val, float(data.meta["expert_return_mean"]))}
-    with_actions = bool(data.meta["with_actions"])  # a state-action run scores (state, action) rows
     for cell in [scorer, *policies]:
-        x, _, ret = policy_states(runs / cell / "train" / "policy.zip", env_id, episodes, with_actions)
+        x, _, ret = policy_states(runs / cell / "train" / "policy.zip", data.meta, episodes)
         sets[cell] = (x, ret)
     rows, pooled_r, pooled_v = [], [], []
     with torch.no_grad():

@@ -31,14 +31,14 @@ from pretrain_length import DATASETS, ingested  # noqa: E402  (the same ingestio
 from smiling_pipeline.config import PretrainConfig, ScoreConfig  # noqa: E402
 from smiling_pipeline.cost import draw, grid_terms, model_errors  # noqa: E402
 from smiling_pipeline.demos import use_minari_root  # noqa: E402
-from smiling_pipeline.ingest import env_id_of  # noqa: E402
+from smiling_pipeline.envs import recorded_spec  # noqa: E402
 from smiling_pipeline.score import FitSettings, ScoreModel, fit  # noqa: E402
 
 
 def sensitivity(dataset: str, steps: int) -> dict:
     """Per-dimension rise of the expert model's error on held-out expert states."""
     data = ingested(dataset, with_actions=False)
-    env_id = env_id_of(data.meta)
+    env_id = recorded_spec(data.meta).id
     torch.manual_seed(0)
     model = ScoreModel(data.dim, ScoreConfig(), data.mean, data.std)
     p = PretrainConfig()

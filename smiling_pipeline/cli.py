@@ -320,12 +320,12 @@ def train(
                      checkpoint_every=checkpoint_every, seed=seed)
     check_settings(p)
     start(p, minari_root)
+    from smiling_pipeline.envs import make_env
     from smiling_pipeline.pipeline import ensure_ingested, ensure_pretrained
-    from smiling_pipeline.train import make_env
     from smiling_pipeline.train import train as run_train
 
     data = ensure_ingested(p, needs_env=True)
-    make_env(data, p.train.termination)[1].close()  # the environment matches the data, before pretraining
+    make_env(data.meta, "training", p.train.termination).close()  # the environment matches the data, before pretraining
     expert = ensure_pretrained(p, data) if p.train.algorithm == "smiling" else None
     m = run_train(p, data, expert, workdir_for(p), resume=resume)
     budget = f"{m['gradient_steps']} gradient steps" if m["algorithm"] == "bc" else f"{m['env_steps']} env steps"
@@ -339,7 +339,7 @@ def evaluate(
     policy: Annotated[Optional[str], typer.Option("--policy", help="SB3 .zip or MLflow model URI (default: the trained policy).")] = None,
     dataset: Annotated[Optional[str], typer.Option("--dataset", help="Minari id the policy imitates [params: ingest.dataset].")] = None,
     episodes: Annotated[Optional[int], typer.Option("--episodes", min=1, help="Episodes [params: evaluate.episodes].")] = None,
-    video: Annotated[Optional[bool], typer.Option("--video/--no-video", help="Record the first episode (MUJOCO_GL=egl).")] = None,
+    video: Annotated[Optional[bool], typer.Option("--video/--no-video", help="Record the first episode (MUJOCO_GL=egl) [params: evaluate.video, on by default].")] = None,
     seed: SeedOpt = None,
     params: ParamsOpt = None,
     workdir: WorkdirOpt = None,

@@ -277,7 +277,7 @@ class EvaluateConfig(_Section):
 
     episodes: int = _at_least(1, 10)
     seed: int = _at_least(0, 10_000)
-    video: bool = False
+    video: bool = True  # record the first episode (MuJoCo renders off-screen with MUJOCO_GL=egl)
 
 
 @dataclass(frozen=True)

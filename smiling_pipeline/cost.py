@@ -169,16 +169,6 @@ def independent_rewards(expert: ScoreModel, learner: ScoreModel, x_raw: torch.Te
     return out
 
 
-def ds_divergence_of_models(
-    expert: ScoreModel, learner: ScoreModel, expert_samples: np.ndarray, k: int = 16, seed: int = 0
-) -> float:
-    """Noise-form DS divergence E_{s~P} reward(s) with the given models (P = the expert's data), K
-    draws per row (:func:`independent_rewards`). Biased upwards if the expert model was fit on these rows."""
-    g = torch.Generator(device=expert.mean.device).manual_seed(seed)
-    x = torch.as_tensor(np.asarray(expert_samples, dtype=np.float32), device=expert.mean.device)
-    return float(independent_rewards(expert, learner, x, k=k, generator=g).mean())
-
-
 def ds_divergence(
     p_samples: np.ndarray,
     q_samples: np.ndarray,

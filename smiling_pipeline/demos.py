@@ -247,17 +247,18 @@ def train_expert(cfg: DemosConfig, out: Path, device: str) -> Any:
     policy is evaluated every ``cfg.eval_every`` steps and the best evaluation is the one kept
     (SB3's ``EvalCallback``), as RL Zoo does.
     """
-    import gymnasium as gym
     import numpy as np
     from stable_baselines3.common.callbacks import EvalCallback
 
+    from smiling_pipeline.envs import make_env_from_id
+
     algorithm = _algorithm(cfg.algorithm)
-    env = gym.make(cfg.env_id)
+    env = make_env_from_id(cfg.env_id, "training")
     model = algorithm("MlpPolicy", env, policy_kwargs={"net_arch": list(cfg.expert_net)}, seed=cfg.seed,
                       device=device, verbose=0)
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out.parent) as best:
-        callback = EvalCallback(gym.make(cfg.env_id), n_eval_episodes=cfg.eval_episodes, eval_freq=cfg.eval_every,
+        callback = EvalCallback(make_env_from_id(cfg.env_id), n_eval_episodes=cfg.eval_episodes, eval_freq=cfg.eval_every,
                                 best_model_save_path=best, log_path=best, deterministic=True, verbose=0)
         model.learn(cfg.expert_steps, progress_bar=True, callback=callback)
         if Path(best, "best_model.zip").is_file():
@@ -330,19 +331,15 @@ def make_demos(cfg: DemosConfig, root: Path, workdir: Path, device: str, force: 
     The dataset is written in a hidden staging folder and moved into place at the end, so an
     interrupted run leaves no half-made dataset behind.
     """
-    import gymnasium as gym
     from minari import DataCollector
 
-    from smiling_pipeline.envs import Policy, check_box_spaces, random_policy, rollout_returns
+    from smiling_pipeline.envs import Policy, check_box_spaces, make_env_from_id, random_policy, rollout_returns
 
     check_new_dataset_id(cfg.dataset_id)
     target = root / cfg.dataset_id
     if target.exists() and not force:
         raise UserError(f"dataset {cfg.dataset_id} already exists in {root}; pass --force to replace it")
-    try:
-        env = gym.make(cfg.env_id)
-    except gym.error.Error as e:
-        raise UserError(f"unknown environment {cfg.env_id!r}: {e}") from e
+    env = make_env_from_id(cfg.env_id)
     check_box_spaces(env, cfg.env_id)
 
     policy_file = workdir / "expert_policy.zip"

@@ -1,17 +1,112 @@
-"""Gymnasium helpers shared by the stages: the supported spaces, seeded rollouts, a random policy."""
+"""Gymnasium helpers shared by the stages: the one environment factory, the supported spaces, seeded
+rollouts, a random policy.
+
+Every environment a dataset's training, evaluation or video runs in comes from :func:`make_env`, which
+rebuilds the environment the dataset was recorded on from the spec Minari stored with it (kwargs,
+``max_episode_steps`` and recorded wrappers included), as ``MinariDataset.recover_environment`` does;
+``gym.make(env_id)`` alone would drop them.
+"""
 
 from __future__ import annotations
 
+import importlib
+import inspect
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
 import gymnasium as gym
 import numpy as np
+from gymnasium.envs.registration import EnvSpec
 from tqdm.auto import tqdm
 
 from smiling_pipeline.errors import UserError
 
 Policy = Callable[[np.ndarray], np.ndarray]
+Purpose = Literal["training", "evaluation", "video"]
+TERMINATION_OPTION = "terminate_when_unhealthy"
+
+
+def check_has_env(env_spec: object, dataset_id: str) -> None:
+    """Refuse a dataset recorded without an environment spec: training and evaluation run its environment."""
+    if env_spec is None:
+        raise UserError(f"dataset {dataset_id} has no environment spec; pretrain works without one, "
+                        "but train and evaluate need the environment")
+
+
+def recorded_spec(meta: dict[str, Any]) -> EnvSpec:
+    """The spec of the environment an ingested dataset was recorded on (``meta.json``'s ``env_spec``)."""
+    check_has_env(meta.get("env_spec"), meta["dataset_id"])
+    return EnvSpec.from_json(meta["env_spec"])
+
+
+def _entry_point(entry_point: Any, what: str) -> Callable[..., Any]:
+    """The callable an env or wrapper spec names, imported; a missing module names what to install."""
+    if callable(entry_point):
+        return entry_point
+    module, _, name = str(entry_point).partition(":")
+    try:
+        return getattr(importlib.import_module(module), name)
+    except ImportError as e:
+        raise UserError(f"{what} comes from {entry_point}, but module {module} cannot be imported "
+                        f"({e.msg}); install the package that provides {module.split('.')[0]}") from e
+    except AttributeError as e:
+        raise UserError(f"{what} comes from {entry_point}, but {module} has no {name}; install the version "
+                        f"of {module.split('.')[0]} the dataset was recorded with") from e
+
+
+def _purpose_kwargs(spec: EnvSpec, creator: Callable[..., Any], purpose: Purpose, termination: str) -> dict[str, Any]:
+    """What ``purpose`` changes: training without early termination for ``train.termination: ignore``
+    (only where the environment has that option), rendering for a video; evaluation nothing."""
+    if purpose == "video":
+        return {"render_mode": "rgb_array"}
+    if purpose == "training" and termination == "ignore":
+        if TERMINATION_OPTION not in spec.kwargs and TERMINATION_OPTION not in _parameters(creator):
+            raise UserError(f"{spec.id} has no {TERMINATION_OPTION} option, so train.termination: ignore does not "
+                            "apply to it; use env or absorbing")
+        return {TERMINATION_OPTION: False}
+    return {}
+
+
+def _parameters(creator: Callable[..., Any]) -> set[str]:
+    """The keyword parameters an environment constructor takes (none known if it hides them)."""
+    try:
+        return set(inspect.signature(creator).parameters)
+    except (TypeError, ValueError):
+        return set()
+
+
+def make_from_spec(spec: EnvSpec, purpose: Purpose = "evaluation", termination: str = "env") -> gym.Env:
+    """The environment ``spec`` describes, as ``purpose`` needs it (``termination``: training only)."""
+    creator = _entry_point(spec.entry_point, f"environment {spec.id}")
+    for wrapper in spec.additional_wrappers:
+        _entry_point(wrapper.entry_point, f"wrapper {wrapper.name} of {spec.id}")
+    kwargs = _purpose_kwargs(spec, creator, purpose, termination)
+    try:
+        return gym.make(spec, **kwargs)
+    except gym.error.Error as e:  # e.g. a recorded wrapper whose arguments were not recorded
+        raise UserError(f"cannot rebuild environment {spec.id} as recorded: {str(e).splitlines()[0]}") from e
+
+
+def make_env_from_id(env_id: str, purpose: Purpose = "evaluation") -> gym.Env:
+    """A registered environment with its registered defaults (``demos`` records new datasets on one)."""
+    try:
+        spec = gym.spec(env_id)
+    except gym.error.Error as e:
+        raise UserError(f"unknown environment {env_id!r}: {e}") from e
+    return make_from_spec(spec, purpose)
+
+
+def make_env(meta: dict[str, Any], purpose: Purpose = "evaluation", termination: str = "env") -> gym.Env:
+    """The environment an ingested dataset (``meta``) was recorded on, for ``purpose``, checked to have the
+    expert data's observation and action dims; ``termination`` is ``train.termination`` (training only)."""
+    env = make_from_spec(recorded_spec(meta), purpose, termination)
+    obs_space, act_space = check_box_spaces(env, env_name(env))
+    dims, expected = (obs_space.shape[0], act_space.shape[0]), (meta["obs_dim"], meta["action_dim"])
+    if dims != expected:
+        env.close()
+        raise UserError(f"{env_name(env)} has observations / actions of dims {dims[0]} / {dims[1]} but the expert "
+                        f"data of {meta['dataset_id']} has {expected[0]} / {expected[1]}")
+    return env
 
 
 def check_box_spaces(env_or_dataset: Any, what: str) -> tuple[gym.spaces.Box, gym.spaces.Box]:

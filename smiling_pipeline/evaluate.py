@@ -8,15 +8,14 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-import gymnasium as gym
 import numpy as np
 
 from smiling_pipeline import tracking
 from smiling_pipeline.config import Params, as_dict
 from smiling_pipeline.demos import minari_root
-from smiling_pipeline.envs import Policy, random_policy, rollout_returns
+from smiling_pipeline.envs import Policy, make_env, random_policy, recorded_spec, rollout_returns
 from smiling_pipeline.errors import UserError
-from smiling_pipeline.ingest import ExpertData, env_id_of
+from smiling_pipeline.ingest import ExpertData
 from smiling_pipeline.io import write_json
 from smiling_pipeline.rl import ALGORITHMS
 from smiling_pipeline.runtime import resolve_device
@@ -34,14 +33,15 @@ class References:
         return (np.asarray(returns) - self.random) / (self.expert - self.random)
 
 
-def references(meta: dict[str, Any], env_id: str, episodes: int = 20, seed: int = 123) -> References:
-    """The dataset's ``ref_min_score``/``ref_max_score``; else measured random-policy returns and the
-    mean return of the expert demonstrations (said in ``source``)."""
+def references(meta: dict[str, Any], episodes: int = 20, seed: int = 123) -> References:
+    """The dataset's ``ref_min_score``/``ref_max_score``; else random-policy returns measured on its recorded
+    environment and the mean return of the expert demonstrations (said in ``source``)."""
     lo, hi = meta.get("ref_min_score"), meta.get("ref_max_score")
     if lo is not None and hi is not None and hi != lo:
         return References(float(lo), float(hi), "dataset reference scores (ref_min_score, ref_max_score)")
-    env = gym.make(env_id)
+    env = make_env(meta)
     measured = float(rollout_returns(env, random_policy(env, seed), episodes, seed, "random policy").mean())
+    env.close()
     expert = float(meta["expert_return_mean"])
     if expert == measured:
         raise UserError(f"cannot normalise returns for {meta['dataset_id']}: expert and random returns are both {expert}")
@@ -64,9 +64,10 @@ class EvalResult:
         return asdict(self)
 
 
-def evaluate_policy(policy: Policy, env_id: str, refs: References, episodes: int, seed: int) -> EvalResult:
-    """Run ``episodes`` episodes with the true reward (episode ``i`` seeded ``seed + i``)."""
-    env = gym.make(env_id)
+def evaluate_policy(policy: Policy, meta: dict[str, Any], refs: References, episodes: int, seed: int) -> EvalResult:
+    """Run ``episodes`` episodes with the true reward on the dataset's recorded environment (episode ``i``
+    seeded ``seed + i``)."""
+    env = make_env(meta)
     returns = rollout_returns(env, policy, episodes, seed, "evaluating")
     env.close()
     norm = np.asarray(refs.normalize(returns))
@@ -74,14 +75,14 @@ def evaluate_policy(policy: Policy, env_id: str, refs: References, episodes: int
                       refs.source)
 
 
-def record_episode(policy: Policy, env_id: str, seed: int, out: Path, frames_in_strip: int = 6) -> list[Path]:
+def record_episode(policy: Policy, meta: dict[str, Any], seed: int, out: Path, frames_in_strip: int = 6) -> list[Path]:
     """Render one episode (the evaluation's first: same seed) off-screen to ``out/episode.mp4`` and a
     strip of ``frames_in_strip`` frames, ``out/frames.png``; MuJoCo renders with ``MUJOCO_GL=egl``."""
     from moviepy.video.io.ImageSequenceClip import ImageSequenceClip
 
     from smiling_pipeline.report import plt
 
-    env = gym.make(env_id, render_mode="rgb_array")
+    env = make_env(meta, "video")
     obs, _ = env.reset(seed=seed)
     frames, done = [env.render()], False
     while not done:
@@ -99,7 +100,7 @@ def record_episode(policy: Policy, env_id: str, seed: int, out: Path, frames_in_
         ax.imshow(frames[i])
         ax.set_title(f"step {i}", fontsize=8)
         ax.axis("off")
-    fig.suptitle(f"{env_id}, evaluation episode (seed {seed})", fontsize=9)
+    fig.suptitle(f"{meta['env_id']}, evaluation episode (seed {seed})", fontsize=9)
     fig.savefig(strip, bbox_inches="tight")
     plt.close(fig)
     return [video, strip]
@@ -139,13 +140,13 @@ def load_policy(ref: str, algorithm: str = "sac", device: str = "cpu") -> Any:
         raise UserError(f"cannot load {algorithm} policy {ref}: {str(e).splitlines()[0]}") from e
 
 
-def policy_fn(policy: Any, env_id: str) -> Policy:
-    """Deterministic action function of an SB3 policy, checked against the environment's spaces."""
-    env = gym.make(env_id)
-    env.close()  # only its spaces are needed
-    if policy.observation_space.shape != env.observation_space.shape or policy.action_space.shape != env.action_space.shape:
+def policy_fn(policy: Any, meta: dict[str, Any]) -> Policy:
+    """Deterministic action function of an SB3 policy, checked against the dims of the dataset (``meta``),
+    which :func:`envs.make_env` checks its environment against."""
+    dims = ((meta["obs_dim"],), (meta["action_dim"],))
+    if (policy.observation_space.shape, policy.action_space.shape) != dims:
         raise UserError(f"policy expects obs {policy.observation_space.shape} / actions {policy.action_space.shape} but "
-                        f"{env_id} has {env.observation_space.shape} / {env.action_space.shape}")
+                        f"{meta['env_id']} of {meta['dataset_id']} has {dims[0]} / {dims[1]}")
     policy.set_training_mode(False)
     return lambda obs: policy.predict(obs, deterministic=True)[0]
 
@@ -171,10 +172,10 @@ def evaluate(p: Params, data: ExpertData, workdir: Path, ref: str, video: Option
     import mlflow
 
     cfg = p.evaluate
-    env_id = env_id_of(data.meta)
+    env_id = recorded_spec(data.meta).id
     policy = load_policy(ref, "sac" if p.train.algorithm == "bc" else p.train.rl, str(resolve_device(p.runtime.device)))
-    act = policy_fn(policy, env_id)
-    refs = references(data.meta, env_id)
+    act = policy_fn(policy, data.meta)
+    refs = references(data.meta)
     out = workdir / "evaluate"
     record = cfg.video if video is None else video
     dataset_id = data.meta["dataset_id"]
@@ -186,11 +187,11 @@ def evaluate(p: Params, data: ExpertData, workdir: Path, ref: str, video: Option
     tags = tracking.run_tags({**described, "policy": ref})
     with tracking.run("evaluate", dataset_id, {"evaluate": as_dict(cfg), "policy": ref}, tags) as run:
         tracking.log_dataset(data.meta, data.train, minari_root() / dataset_id, "evaluation")  # the Dataset column
-        result = evaluate_policy(act, env_id, refs, cfg.episodes, cfg.seed)
+        result = evaluate_policy(act, data.meta, refs, cfg.episodes, cfg.seed)
         shutil.rmtree(out / "video", ignore_errors=True)  # no earlier run's episode passes for this one's
         (out / "video").mkdir(parents=True)  # empty without a recording: the DVC stage declares the folder
         if record:
-            for path in record_episode(act, env_id, cfg.seed, out / "video"):
+            for path in record_episode(act, data.meta, cfg.seed, out / "video"):
                 mlflow.log_artifact(str(path), "video")
         tracking.log_metrics({"normalized_return": result.normalized_return, "return_mean": result.return_mean,
                               "return_std": result.return_std}, step=int(trained["env_steps"]) if trained else 0)

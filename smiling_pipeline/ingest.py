@@ -1,15 +1,17 @@
 """Ingestion: read a Minari dataset once and write the expert arrays the later stages use.
 
 Output folder (written whole or not at all):
-``expert.npz`` - ``states_train``, ``states_val`` (and ``actions_train``, ``actions_val`` for the
-state-action variant), ``mean``, ``std`` (of the training inputs, for normalisation);
-``meta.json`` - dataset id, env spec, dims, reference scores, counts, mean return, content hash.
+``expert.npz`` - ``train``, ``val`` (states, or [state, action] rows for the state-action variant),
+``mean``, ``std`` (of the training rows, for normalisation);
+``meta.json`` - dataset id, the recorded environment's full spec (``EnvSpec.to_json()``: kwargs,
+``max_episode_steps``, wrappers; ``envs.make_env`` rebuilds it), dims, reference scores, counts, mean
+return, content hash.
 
 Reading streams (peak memory about the size of the float32 output; ``benchmarks/ingest_scale.py``
 measures it): the number of states is known up front from Minari's per-episode
 ``total_steps`` metadata, so the random subset and its train/validation split are drawn first
-(the same draws as :func:`split`) and each episode's picked rows are written straight into one
-preallocated float32 array, at their final positions. Nothing else of the dataset's size is ever
+(:func:`_selection`) and each episode's picked rows are written straight into one preallocated
+float32 array, at their final positions. Nothing else of the dataset's size is ever
 allocated: finiteness is checked episode by episode, mean and std are computed in chunks (bit for
 bit what NumPy's ``mean``/``std`` give), the hash reads the arrays in place. Large outputs are
 written uncompressed (zlib is slow and saves little on float data).
@@ -32,7 +34,7 @@ from tqdm.auto import tqdm
 
 from smiling_pipeline.config import IngestConfig, as_dict
 from smiling_pipeline.demos import load_dataset, resolve_dataset
-from smiling_pipeline.envs import check_box_spaces, env_name
+from smiling_pipeline.envs import check_box_spaces, env_name, make_from_spec
 from smiling_pipeline.errors import DataError, UserError
 from smiling_pipeline.io import atomic_dir, write_json
 
@@ -116,8 +118,8 @@ def _make_env(spec: Optional[gym.envs.registration.EnvSpec]) -> Optional[gym.Env
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                return gym.make(candidate)
-        except Exception:  # unknown env id or wrapper entry point
+                return make_from_spec(candidate)
+        except Exception:  # not installed here, or a wrapper that cannot be rebuilt
             continue
     return None
 
@@ -136,13 +138,6 @@ def _selection(n: int, cfg: IngestConfig, rng: np.random.Generator) -> tuple[np.
 def _check_enough(picked: int, n_val: int) -> None:
     if picked - n_val < 2:
         raise DataError(f"only {picked} states after subsampling; need at least 2 for training")
-
-
-def split(rows: np.ndarray, cfg: IngestConfig, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """Random subset of ``cfg.num_states`` rows, split into train and validation parts."""
-    order, n_val = _selection(len(rows), cfg, rng)
-    _check_enough(len(order), n_val)
-    return rows[order[n_val:]], rows[order[:n_val]]
 
 
 def _column_sum(rows: np.ndarray, fn: Any = None) -> np.ndarray:
@@ -209,7 +204,7 @@ class _CountMismatch(Exception):
 class _Gathered:
     rows: np.ndarray  # (picked, input dim) float32: validation rows first, then training rows
     n_val: int
-    available: int  # states after ``every`` (what split() would have drawn from)
+    available: int  # states after ``every`` (what the subset was drawn from)
     returns: np.ndarray
     obs_dim: int
     action_dim: int
@@ -231,7 +226,7 @@ def _gather(dataset: Any, indices: np.ndarray, cfg: IngestConfig, steps: np.ndar
     """Read every episode once and write its picked rows (as float32) at their final positions.
 
     ``steps`` (steps per episode) fixes the number of states before reading, so the subset and the
-    split are drawn exactly as :func:`split` draws them; an episode that disagrees raises
+    split are drawn before reading; an episode that disagrees raises
     :class:`_CountMismatch`.
     """
     dataset_id = dataset.spec.dataset_id
@@ -334,14 +329,6 @@ def ingest(cfg: IngestConfig, out_dir: Path) -> dict[str, Any]:
         save(tmp / "expert.npz", **cast(dict[str, Any], arrays))
         write_json(tmp / "meta.json", meta)
     return meta
-
-
-def env_id_of(meta: dict[str, Any]) -> str:
-    """The environment of an ingested dataset; refused when it has none (training and evaluation run it)."""
-    if meta.get("env_id") is None:
-        raise UserError(f"dataset {meta['dataset_id']} has no environment spec; pretrain works without one, "
-                        "but train and evaluate need the environment")
-    return str(meta["env_id"])
 
 
 def load_expert_data(ingest_dir: Path) -> ExpertData:

@@ -46,7 +46,8 @@ def ensure_ingested(p: Params, needs_env: bool = False) -> ExpertData:
     """The ingested expert data for ``p.ingest``; ingests first when missing or made from another dataset.
     ``needs_env``: the command runs the dataset's environment, so a dataset without an environment spec
     is refused before anything is written."""
-    from smiling_pipeline.ingest import env_id_of, ingest, load_expert_data
+    from smiling_pipeline.envs import check_has_env
+    from smiling_pipeline.ingest import ingest, load_expert_data
 
     check_writable(workdir(p))
     folder = workdir(p) / "ingest"
@@ -55,14 +56,14 @@ def ensure_ingested(p: Params, needs_env: bool = False) -> ExpertData:
         same = p.ingest.dataset in (data.meta.get("requested"), data.meta.get("dataset_id"))
         if same and data.meta.get("with_actions") == p.ingest.with_actions:
             if needs_env:
-                env_id_of(data.meta)
+                check_has_env(data.meta.get("env_spec"), data.meta["dataset_id"])
             return data
         why = "is for another dataset or variant; ingesting {} again"
     else:
         why = "is missing; ingesting {} first"
     dataset_id = resolve_dataset(p.ingest.dataset)  # an unknown id fails here, before the note below
     if needs_env:
-        env_id_of({"dataset_id": dataset_id, "env_id": getattr(load_dataset(dataset_id).spec.env_spec, "id", None)})
+        check_has_env(load_dataset(dataset_id).spec.env_spec, dataset_id)
     log.info(f"ingested data in {folder} " + why.format(p.ingest.dataset))
     ingest(p.ingest, folder)
     return load_expert_data(folder)

@@ -86,8 +86,6 @@ class ScoreModel(nn.Module):
         super().__init__()
         if dim < 1:
             raise UserError(f"score model input dimension must be positive, got {dim}")
-        if cfg.time_embed < 2 or cfg.time_embed % 2:
-            raise UserError(f"score.time_embed must be an even number >= 2, got {cfg.time_embed}")
         self.dim = dim
         self.cfg = cfg
         act: Callable[[], nn.Module] = nn.Identity if cfg.linear else (lambda: nn.LeakyReLU())

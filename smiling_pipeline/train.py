@@ -31,10 +31,10 @@ from smiling_pipeline import checkpoint, config, tracking
 from smiling_pipeline.baselines import DacReward, behaviour_cloning
 from smiling_pipeline.config import Params, TrainConfig, as_dict
 from smiling_pipeline.demos import minari_root
-from smiling_pipeline.envs import check_box_spaces
+from smiling_pipeline.envs import check_box_spaces, make_env
 from smiling_pipeline.errors import UserError
 from smiling_pipeline.evaluate import EvalResult, References, evaluate_policy, policy_fn, references
-from smiling_pipeline.ingest import ExpertData, env_id_of
+from smiling_pipeline.ingest import ExpertData
 from smiling_pipeline.io import atomic_dir, atomic_file, write_json
 from smiling_pipeline.report import plot_curves
 from smiling_pipeline.rewards import RewardModel, ScoreMatchingReward, smiling_reward
@@ -149,22 +149,6 @@ def build_model(cfg: TrainConfig, env: gym.Env, device: torch.device, resume_fro
                 device=device, verbose=0)
 
 
-def make_env(data: ExpertData, termination: str = "env") -> tuple[str, gym.Env]:
-    """The dataset's environment to train in (without early termination for ``termination: ignore``),
-    checked against the expert data's dimensions."""
-    env_id = env_id_of(data.meta)
-    try:
-        env = gym.make(env_id, **({"terminate_when_unhealthy": False} if termination == "ignore" else {}))
-    except TypeError as e:
-        raise UserError(f"{env_id} has no terminate_when_unhealthy option, so train.termination: ignore does not "
-                        "apply to it; use env or absorbing") from e
-    obs_space, act_space = check_box_spaces(env, env_id)
-    expected = obs_space.shape[0] + (act_space.shape[0] if data.meta["with_actions"] else 0)
-    if expected != data.dim:
-        raise UserError(f"{env_id} gives inputs of dim {expected} but the expert data has {data.dim}")
-    return env_id, env
-
-
 def make_reward(p: Params, data: ExpertData, expert: Optional[ScoreModel], env: gym.Env, device: torch.device,
                 dtype: torch.dtype) -> RewardModel:
     """SMILING's score-matching reward around the pretrained ``expert`` model, or DAC's discriminator."""
@@ -197,14 +181,14 @@ def _tags(p: Params, data: ExpertData) -> dict[str, str]:
                       "expert_states": data.meta["train_rows"] + data.meta["val_rows"]})
 
 
-def _finish(out: Path, folder: Path, p: Params, data: ExpertData, env_id: str, run: Any, policy: Any,
+def _finish(out: Path, folder: Path, p: Params, data: ExpertData, run: Any, policy: Any,
             curve: list[dict[str, float]], iterations: list[dict[str, float]], metrics: dict[str, Any],
             train_seconds: float, reward_model: Optional[Any] = None) -> dict[str, Any]:
     """Write the policy, records and plot, and log the policy (and reward model) to MLflow. The training
     time goes to ``run.json`` (what made the run), so ``metrics.json`` stays the same for the same seed."""
     import mlflow
 
-    info = {"dataset_id": data.meta["dataset_id"], "env_id": env_id, "algorithm": p.train.algorithm,
+    info = {"dataset_id": data.meta["dataset_id"], "env_id": data.meta["env_id"], "algorithm": p.train.algorithm,
             "tags": _tags(p, data), "train_seconds": round(train_seconds, 1),
             "mlflow_run_id": run.info.run_id, "policy_uri": tracking.log_torch_model(policy.policy.cpu(), "policy")}
     policy.save(out / "policy.zip")
@@ -268,17 +252,17 @@ def train(p: Params, data: ExpertData, expert: Optional[ScoreModel], workdir: Pa
     state = checkpoint.load_state(out / "checkpoint") if resume else None
     if state is not None:
         _check_resumable(state["settings"], settings, out / "checkpoint")
-    env_id, env = make_env(data, cfg.termination)
+    env = make_env(data.meta, "training", cfg.termination)
     set_random_seed(cfg.seed)
     if cfg.algorithm == "bc":
-        return train_bc(p, data, env_id, env, _references(data, env_id), device, out, folder, settings)
+        return train_bc(p, data, env, _references(data), device, out, folder, settings)
 
     reward_model = make_reward(p, data, expert, env, device, dtype)
     model = build_model(cfg, env, device, out / "checkpoint" if state else None)
     if model.num_timesteps > cfg.steps:
         raise UserError(f"the checkpoint in {out / 'checkpoint'} is at {model.num_timesteps} env steps, past "
                         f"--steps {cfg.steps}; give --steps {model.num_timesteps} or more to continue it")
-    refs = _references(data, env_id)
+    refs = _references(data)
     buffer = attach(model, reward_model, cfg)
     refit = LearnerRefit(reward_model, cfg, data.val if len(data.val) else data.train)
     records = Records()
@@ -331,7 +315,7 @@ def train(p: Params, data: ExpertData, expert: Optional[ScoreModel], workdir: Pa
                 records.add_iteration(refit(buffer, steps), smiling=cfg.algorithm == "smiling")
             model.logger.dump(steps)  # the RL learner's losses
             if steps % cfg.eval_every == 0 or steps == cfg.steps:
-                result = evaluate_policy(policy_fn(model.policy, env_id), env_id, refs, cfg.eval_episodes,
+                result = evaluate_policy(policy_fn(model.policy, data.meta), data.meta, refs, cfg.eval_episodes,
                                          seed=cfg.seed + 10_000 + len(records.curve) * 100)
                 records.add_evaluation(result, steps)
             if steps % cfg.checkpoint_every == 0 or steps == cfg.steps:
@@ -346,12 +330,12 @@ def train(p: Params, data: ExpertData, expert: Optional[ScoreModel], workdir: Pa
             "reward_evaluations": reward_model.evaluations,
             "iterations": refit.iteration,
         }
-        return _finish(out, folder, p, data, env_id, run, model, records.curve,
+        return _finish(out, folder, p, data, run, model, records.curve,
                        [vars(s) for s in records.iterations], metrics, clock.seconds(), reward_model)
 
 
-def _references(data: ExpertData, env_id: str) -> References:
-    refs = references(data.meta, env_id)
+def _references(data: ExpertData) -> References:
+    refs = references(data.meta)
     log.info(f"normalized return uses {refs.source}: random {refs.random:.1f} -> 0, expert {refs.expert:.1f} -> 1")
     return refs
 
@@ -367,17 +351,17 @@ def _progress(records: Records) -> dict[str, str]:
     return post
 
 
-def train_bc(p: Params, data: ExpertData, env_id: str, env: gym.Env, refs: References, device: torch.device,
+def train_bc(p: Params, data: ExpertData, env: gym.Env, refs: References, device: torch.device,
              out: Path, folder: Path, settings: dict[str, Any]) -> dict[str, Any]:
     """Behaviour cloning of the expert's (state, action) pairs into an SB3 SAC actor; no env steps."""
-    obs_space, act_space = check_box_spaces(env, env_id)
+    obs_space, act_space = check_box_spaces(env, data.meta["env_id"])
     obs_dim = obs_space.shape[0]
     model = SAC("MlpPolicy", env, policy_kwargs={"net_arch": list(p.train.net)}, seed=p.train.seed, device=device)
     records = Records()
     clock = TrainClock()
 
     def evaluate(step: int) -> None:
-        result = evaluate_policy(policy_fn(model.policy, env_id), env_id, refs, p.train.eval_episodes,
+        result = evaluate_policy(policy_fn(model.policy, data.meta), data.meta, refs, p.train.eval_episodes,
                                  seed=p.train.seed + 10_000 + len(records.curve) * 100)
         records.add_evaluation(result, step)
         records.flush()
@@ -391,4 +375,4 @@ def train_bc(p: Params, data: ExpertData, env_id: str, env: gym.Env, refs: Refer
                    "final_normalized_return": records.curve[-1]["normalized_return"],
                    "best_normalized_return": max(r["normalized_return"] for r in records.curve)}
         out.mkdir(parents=True, exist_ok=True)
-        return _finish(out, folder, p, data, env_id, run, model, records.curve, [], metrics, clock.seconds())
+        return _finish(out, folder, p, data, run, model, records.curve, [], metrics, clock.seconds())

@@ -53,9 +53,11 @@ def make_dataset(
     ref_max_score: Optional[float] = 100.0,
     observation_space: Optional[gym.Space] = None,
     action_space: Optional[gym.Space] = None,
+    env_kwargs: Optional[dict[str, Any]] = None,
 ) -> Path:
     """Record ``episodes`` episodes of ``env_id`` (cut at ``max_steps`` by TimeLimit) into store ``root``.
 
+    ``env_kwargs`` go to ``gym.make`` (a modified environment, recorded in the dataset's env spec);
     ``wrapper`` wraps the time-limited env before recording; ``policy(env, obs)`` picks actions
     (default: seeded uniform random). ``episodes=0`` makes a genuinely empty dataset: Minari's
     ``create_dataset`` accepts a collector that never recorded an episode. Returns the dataset folder.
@@ -66,7 +68,7 @@ def make_dataset(
     root.mkdir(parents=True, exist_ok=True)
     with minari_store(root), warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        env: gym.Env = TimeLimit(gym.make(env_id), max_episode_steps=max_steps)
+        env: gym.Env = TimeLimit(gym.make(env_id, **(env_kwargs or {})), max_episode_steps=max_steps)
         if wrapper is not None:
             env = wrapper(env)
         collector = minari.DataCollector(env, record_infos=False, observation_space=observation_space,

@@ -138,21 +138,6 @@ def test_absorbing_terminations_and_offset_shape_the_sampled_rewards():
     assert (shaped[ended] < plain[ended]).all()  # falling is now worse than any state in the batch
 
 
-def test_training_without_early_termination_needs_an_env_that_has_it():
-    from smiling_pipeline.errors import UserError
-    from smiling_pipeline.ingest import ExpertData
-    from smiling_pipeline.train import make_env
-
-    hopper = ExpertData(np.zeros((2, 11)), np.zeros((0, 11)), np.zeros(11), np.ones(11),
-                        {"env_id": "Hopper-v5", "dataset_id": "x", "with_actions": False})
-    assert make_env(hopper, "ignore")[1].unwrapped._terminate_when_unhealthy is False
-    assert make_env(hopper)[1].unwrapped._terminate_when_unhealthy is True
-    pendulum = ExpertData(np.zeros((2, 4)), np.zeros((0, 4)), np.zeros(4), np.ones(4),
-                          {"env_id": "InvertedPendulum-v5", "dataset_id": "x", "with_actions": False})
-    with pytest.raises(UserError, match="no terminate_when_unhealthy"):
-        make_env(pendulum, "ignore")
-
-
 def test_state_action_rows_use_environment_actions():
     space = gym.spaces.Box(-3.0, 3.0, shape=(1,))
     obs = torch.zeros(3, 2)
