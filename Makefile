@@ -31,7 +31,7 @@ test: $(STAMP)
 	$(BIN)/pytest -q
 
 lint: $(STAMP)
-	$(BIN)/ruff check smiling_pipeline tests benchmarks
+	$(BIN)/ruff check smiling_pipeline tests benchmarks studies
 	$(BIN)/mypy smiling_pipeline
 
 bench: $(STAMP)
