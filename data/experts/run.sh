@@ -2,11 +2,22 @@
 # The commands that made the committed expert datasets (run from the repository root with the .venv on PATH):
 #   data/experts/run.sh all                      # all three, one after another (hours of CPU)
 #   data/experts/run.sh expert ENV NAME STEPS NET
+#   data/experts/run.sh stochastic_all           # expert-v1: the same experts' sampled actions (issue 26 item 2)
 set -euo pipefail
 expert() {  # env dataset-name steps net
   smiling-cli demos --env "$1" --dataset-id "smiling/$2/expert-v0" --algorithm sac --expert-steps "$3" \
     --expert-net "$4" --eval-every 10000 --episodes 25 --random-episodes 100 --seed 0 --force \
     --minari-root data/minari --workdir "data/experts/$2"
+}
+stochastic() {  # env dataset-name: record the committed expert with its sampled actions, as the official code does
+  smiling-cli demos --env "$1" --dataset-id "smiling/$2/expert-v1" --algorithm sac --stochastic \
+    --policy "data/experts/$2/demos/expert_policy.zip" --episodes 25 --random-episodes 100 --seed 0 --force \
+    --minari-root data/minari --workdir "data/experts/$2/stochastic"
+}
+stochastic_all() {
+  stochastic Hopper-v5 hopper
+  stochastic HalfCheetah-v5 halfcheetah
+  stochastic Walker2d-v5 walker2d
 }
 all() {
   expert Hopper-v5 hopper 300000 128,128
