@@ -82,7 +82,7 @@ def test_an_unregistered_algorithm_is_refused_naming_the_registered_ones(tmp_pat
     from smiling_pipeline import algorithms
 
     p = load(tmp_path, "train:\n  algorithm: ppo2\n")
-    with pytest.raises(UserError, match="train.algorithm must be one of smiling, dac, bc, got 'ppo2'"):
+    with pytest.raises(UserError, match="train.algorithm must be one of smiling, dac, bc, iqlearn, got 'ppo2'"):
         algorithms.check(p)
 
 

@@ -8,7 +8,7 @@ settings checks, run tags, sweeps, the cluster backend, the CLI, evaluation and 
 from __future__ import annotations
 
 from smiling_pipeline import config
-from smiling_pipeline.algorithms import bc, dac, smiling
+from smiling_pipeline.algorithms import bc, dac, iqlearn, smiling
 from smiling_pipeline.algorithms.base import Algorithm
 from smiling_pipeline.config import Params
 from smiling_pipeline.errors import UserError
@@ -17,6 +17,7 @@ REGISTRY: dict[str, Algorithm] = {spec.name: spec for spec in (
     smiling.SPEC,
     dac.SPEC,
     bc.SPEC,
+    iqlearn.SPEC,
 )}
 
 
