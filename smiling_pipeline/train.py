@@ -15,6 +15,7 @@ import csv
 import dataclasses
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -29,7 +30,7 @@ from stable_baselines3.common.utils import set_random_seed
 from tqdm.auto import tqdm
 
 from smiling_pipeline import algorithms, checkpoint, tracking
-from smiling_pipeline.algorithms.base import Algorithm, Context
+from smiling_pipeline.algorithms.base import Algorithm, Context, OwnRun
 from smiling_pipeline.config import Params, TrainConfig, as_dict
 from smiling_pipeline.demos import minari_root
 from smiling_pipeline.envs import make_env
@@ -245,7 +246,7 @@ def train(p: Params, data: ExpertData, expert: Optional[ScoreModel], workdir: Pa
     set_random_seed(cfg.seed)
     ctx = Context(p, data, expert, env, device, dtype)
     if spec.run is not None:
-        return _own_run(spec, ctx, _references(data), out, folder, settings)
+        return _own_run(spec.run, ctx, _references(data), out, folder, settings)
 
     reward_model = spec.reward(ctx) if spec.reward else None
     model = build_model(cfg, env, device, out / "checkpoint" if state else None, spec)
@@ -346,8 +347,8 @@ def _progress(records: Records) -> dict[str, str]:
     return post
 
 
-def _own_run(spec: Algorithm, ctx: Context, refs: References, out: Path, folder: Path,
-             settings: dict[str, Any]) -> dict[str, Any]:
+def _own_run(own: Callable[[Context, Callable[[Any, int], None]], OwnRun], ctx: Context, refs: References,
+             out: Path, folder: Path, settings: dict[str, Any]) -> dict[str, Any]:
     """A method with its own training (``Algorithm.run``, e.g. BC) in a train run: its evaluations,
     records and MLflow logging as for the loop's methods."""
     p, data = ctx.p, ctx.data
@@ -360,10 +361,9 @@ def _own_run(spec: Algorithm, ctx: Context, refs: References, out: Path, folder:
         records.add_evaluation(result, step)
         records.flush()
 
-    assert spec.run is not None
     with tracking.run("train", data.meta["dataset_id"], settings, _tags(p, data)) as run:
         tracking.log_dataset(data.meta, data.train, minari_root() / data.meta["dataset_id"], "training")
-        result = spec.run(ctx, evaluate)
+        result = own(ctx, evaluate)
         metrics = {**result.metrics, "final_normalized_return": records.curve[-1]["normalized_return"],
                    "best_normalized_return": max(r["normalized_return"] for r in records.curve)}
         out.mkdir(parents=True, exist_ok=True)
