@@ -133,6 +133,7 @@ class Learner:
         from stable_baselines3 import SAC
         from stable_baselines3.common.utils import set_random_seed
 
+        from smiling_pipeline import algorithms
         from smiling_pipeline.config import CostConfig, TrainConfig
         from smiling_pipeline.train import build_model
 
@@ -159,7 +160,7 @@ class Learner:
             if algo == "smiling_draws_refit":
                 cost_cfg = dataclasses.replace(cost_cfg, draws="refit")
             reward = SmilingReward(expert, cost_cfg, None, seed, torch.float32 if algo == "smiling_float32" else PRECISION)
-            self.model = build_model(cfg, self.env, torch.device("cpu"), None)
+            self.model = build_model(cfg, self.env, torch.device("cpu"), None, algorithms.get("smiling"))
             self.model.replay_buffer.reward_model = reward
             timers, result = self.timers, self.result
             refit = LearnerRefit(reward, cfg, expert_val)

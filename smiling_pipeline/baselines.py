@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, Optional
 
 import gymnasium as gym
@@ -94,6 +95,10 @@ class DacReward(RewardModel):
     def state_dict(self) -> dict[str, Any]:
         return {"d": self.d.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "generator": self.generator.get_state(), "version": self.version, "evaluations": self.evaluations}
+
+    def save(self, path: Path) -> tuple[str, nn.Module]:
+        torch.save(self.d.state_dict(), path)
+        return "discriminator", self.d
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.d.load_state_dict(state["d"])

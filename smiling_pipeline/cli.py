@@ -295,7 +295,7 @@ def pretrain(
 def train(
     dataset: Annotated[Optional[str], typer.Option("--dataset", help="Minari id [params: ingest.dataset]; ingest/pretrain run first if needed.")] = None,
     steps: Annotated[Optional[int], typer.Option("--steps", min=1, help="Env steps [params: train.steps].")] = None,
-    algorithm: Annotated[Optional[str], typer.Option("--algorithm", help="smiling | dac | bc [params: train.algorithm].")] = None,
+    algorithm: Annotated[Optional[str], typer.Option("--algorithm", help="Imitation method: a name registered in smiling_pipeline.algorithms, e.g. smiling, dac, bc (an unknown name lists them) [params: train.algorithm].")] = None,
     rl: Annotated[Optional[str], typer.Option("--rl", help="SB3 off-policy learner: sac | td3 | ddpg [params: train.rl].")] = None,
     with_actions: WithActionsOpt = None,
     linear: LinearOpt = None,
@@ -312,7 +312,7 @@ def train(
     threads: ThreadsOpt = None,
     precision: PrecisionOpt = None,
 ) -> None:
-    """Iterative SMILING (or the DAC / BC baselines): RL on the imitation reward, refit every iteration."""
+    """Iterative SMILING (or the DAC / BC / IQ-Learn baselines): RL on the imitation reward, refit every iteration."""
     p = C.apply_presets(setup(params, workdir, device, threads, precision), preset or [])
     p = with_section(p, "ingest", dataset=dataset, with_actions=with_actions)
     p = with_section(p, "score", linear=linear)
@@ -320,16 +320,18 @@ def train(
                      checkpoint_every=checkpoint_every, seed=seed)
     check_settings(p)
     start(p, minari_root)
+    from smiling_pipeline import algorithms
     from smiling_pipeline.envs import make_env
     from smiling_pipeline.pipeline import ensure_ingested, ensure_pretrained
     from smiling_pipeline.train import train as run_train
 
     data = ensure_ingested(p, needs_env=True)
     make_env(data.meta, "training", p.train.termination).close()  # the environment matches the data, before pretraining
-    expert = ensure_pretrained(p, data) if p.train.algorithm == "smiling" else None
+    spec = algorithms.get(p.train.algorithm)
+    expert = ensure_pretrained(p, data) if spec.needs_expert_model else None
     m = run_train(p, data, expert, workdir_for(p), resume=resume)
-    budget = f"{m['gradient_steps']} gradient steps" if m["algorithm"] == "bc" else f"{m['env_steps']} env steps"
-    typer.echo(f"{m['algorithm'].upper()} on {m['dataset_id']}: normalized return {m['final_normalized_return']:.3f} after "
+    budget = f"{m['gradient_steps' if spec.run else 'env_steps']} {spec.budget_unit}"
+    typer.echo(f"{spec.label} on {m['dataset_id']}: normalized return {m['final_normalized_return']:.3f} after "
                f"{budget} (best {m['best_normalized_return']:.3f}) -> {workdir_for(p) / 'train'}")
 
 
@@ -511,9 +513,10 @@ def ui(
 
 def check_settings(p: C.Params) -> None:
     """Rules between settings, and an MLflow store that can be reached, before a stage writes anything."""
+    from smiling_pipeline import algorithms
     from smiling_pipeline.tracking import check_store, tracking_uri
 
-    C.check(p)
+    algorithms.check(p)
     check_store(tracking_uri())
 
 

@@ -26,7 +26,7 @@ from typing import Any, Optional
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from smiling_pipeline import tracking
+from smiling_pipeline import algorithms, tracking
 from smiling_pipeline.config import Params, params_from_dict
 from smiling_pipeline.errors import UserError
 from smiling_pipeline.evaluate import evaluate, policy_ref, trained_records
@@ -205,7 +205,7 @@ def run_ray(sweep_file: Path, params_file: Optional[Path], runs: Path, results: 
         tasks: dict[Any, Cell] = {}
         for cell in todo:
             s, model = settings[cell.name], None
-            if s["train"]["algorithm"] == "smiling":
+            if algorithms.get(s["train"]["algorithm"]).needs_expert_model:
                 key = pretrain_key(s)
                 if key not in models:  # once per distinct expert model, shared by the cells that need it
                     shared = {**s, "runtime": {**s["runtime"], "workdir": str(runs / "_pretrain" / key)}}

@@ -18,12 +18,13 @@ from typing import Optional
 
 import numpy as np
 
+from smiling_pipeline import algorithms
 from smiling_pipeline.errors import UserError
 from smiling_pipeline.io import atomic_dir
 from smiling_pipeline.report import plt, short_steps, steps_axis
 
 VARIANTS = ("state-only", "state-action")
-COLORS = {"smiling": "tab:blue", "dac": "tab:orange", "bc": "tab:green"}
+COLORS = {name: spec.color for name, spec in algorithms.REGISTRY.items()}
 # ablations (non-default settings) in other colours, so no ablation is drawn like a default method
 ABLATION_COLORS = ("tab:purple", "tab:red", "tab:brown", "tab:pink", "tab:olive", "tab:cyan", "tab:gray")
 
@@ -57,8 +58,19 @@ class RunCurve:
 
     @property
     def label(self) -> str:
-        rl = "" if self.rl in ("sac", "") or self.algorithm == "bc" else f" ({self.rl})"
+        fixed = self.spec is not None and self.spec.rl is not None  # the method always uses one learner
+        rl = "" if self.rl in ("sac", "") or fixed else f" ({self.rl})"
         return self.algorithm.upper() + rl + ("" if self.config == "default" else f" [{self.config}]")
+
+    @property
+    def spec(self) -> Optional[algorithms.Algorithm]:
+        """The registered method (None for a name no longer registered)."""
+        return algorithms.REGISTRY.get(self.algorithm)
+
+    @property
+    def env_free(self) -> bool:
+        """Whether the method trains without env steps (BC): a horizontal band in the plots."""
+        return self.spec is not None and self.spec.run is not None
 
     @property
     def final(self) -> float:
@@ -247,7 +259,7 @@ def plot_learning_curves(path: Path, dataset: str, groups: dict[tuple[str, str, 
     for ax, variant in zip(axes[0], variants, strict=True):
         for label, color, group in _panel(groups, dataset, variant, states):
             name = f"{label} (n={len(group)})"
-            if group[0].algorithm == "bc":
+            if group[0].env_free:
                 summary = summarise(group)
                 ax.axhline(summary.mean, color=color, ls="--", label=name)
                 ax.axhspan(*summary.mean_ci, color=color, alpha=0.15)
@@ -388,7 +400,7 @@ def overview(groups: dict[tuple[str, str, str, int], list[RunCurve]], summaries:
         group = groups[(d, v, label, n)]
         if group[0].config == "default" and n == states[d]:
             rows[(d, v)][label] = s
-            budgets[(d, v)] |= {c.steps[-1] for c in group if c.algorithm != "bc"}
+            budgets[(d, v)] |= {c.steps[-1] for c in group if not c.env_free}
     labels = sorted({label for row in rows.values() for label in row},
                     key=lambda label: (list(COLORS).index(label.lower()) if label.lower() in COLORS else len(COLORS), label))
     lines = ["## Overview", "",

@@ -4,7 +4,7 @@ Every field has a type and, where it matters, a range (``_at_least``/``_above``/
 default). Each section checks its own fields in ``__post_init__``, which runs however the section was
 made: read from ``params.yaml`` (also after a DVC ``-S`` override), changed by a CLI option through
 :func:`override`, or built in Python. Checks that relate several fields (``learning_starts < steps``,
-BC needs actions) are in :func:`check`, run by a command once all its settings are final. Dataclasses
+cost.timesteps dividing score.num_timesteps) are in :func:`check`, run by a command once all its settings are final. Dataclasses
 rather than pydantic models: the sections stay plain frozen dataclasses that dacite fills from YAML,
 with the rules written beside the defaults.
 """
@@ -220,7 +220,7 @@ class TrainConfig(_Section):
 
     section: ClassVar[str] = "train"
 
-    algorithm: Literal["smiling", "dac", "bc"] = "smiling"
+    algorithm: str = _nonempty("smiling")  # a method of the registry (smiling_pipeline.algorithms), checked there
     rl: Literal["sac", "td3", "ddpg"] = "sac"  # the SB3 off-policy learner (smiling, dac)
     steps: int = _at_least(2, 12_000)
     iteration_steps: int = _at_least(1, 1_000)
@@ -300,8 +300,6 @@ def check(p: Params) -> None:
     repair what ``params.yaml`` alone would break, so these are not checked while sections are made)."""
     if p.train.learning_starts >= p.train.steps:
         raise UserError(f"train.learning_starts ({p.train.learning_starts}) must be below train.steps ({p.train.steps})")
-    if p.train.algorithm == "bc" and not p.ingest.with_actions:
-        raise UserError("BC needs expert actions: ingest with --with-actions (or ingest.with_actions: true)")
     if p.cost.estimator == "official" and p.score.num_timesteps % p.cost.timesteps:
         raise UserError(f"cost.estimator official scores on a grid of cost.timesteps points over score.num_timesteps "
                         f"({p.score.num_timesteps}), so cost.timesteps must divide it, got {p.cost.timesteps}; "
@@ -355,15 +353,13 @@ def apply_presets(p: Params, names: typing.Sequence[str]) -> Params:
 _NOT_IN_TAG = {"ingest.seed", "ingest.dataset", "ingest.with_actions", "ingest.num_states", "pretrain.seed",
                "pretrain.eval_every", "train.seed", "train.steps", "train.eval_every", "train.eval_episodes",
                "train.checkpoint_every", "train.algorithm"}
-# The sections (and, for baselines, the field prefix) each algorithm's runs depend on.
-_TAG_SECTIONS = {"smiling": ("ingest", "score", "pretrain", "cost", "train"), "dac": ("ingest", "train", "baselines.dac_"),
-                 "bc": ("ingest", "train", "baselines.bc_")}
 
 
-def changed_settings(p: Params) -> dict[str, Any]:
-    """Every setting the run's algorithm depends on that differs from its default, ``{"section.key": value}``."""
+def changed_settings(p: Params, scopes: typing.Sequence[str]) -> dict[str, Any]:
+    """Every setting in ``scopes`` (the run's algorithm's ``tag_scopes``: a section, or ``section.prefix`` for
+    the fields starting with ``prefix``) that differs from its default, ``{"section.key": value}``."""
     default, out = Params(), {}
-    for scope in _TAG_SECTIONS[p.train.algorithm]:
+    for scope in scopes:
         section, _, prefix = scope.partition(".")
         for f in dataclasses.fields(getattr(p, section)):
             key, value = f"{section}.{f.name}", getattr(getattr(p, section), f.name)
@@ -372,7 +368,7 @@ def changed_settings(p: Params) -> dict[str, Any]:
     return out
 
 
-def config_tag(p: Params) -> str:
+def config_tag(p: Params, scopes: typing.Sequence[str]) -> str:
     """``name=value`` of every setting in :func:`changed_settings` ("default" if none); the name is the field's
     own, or ``section.field`` where another section has a field of that name (``pretrain.steps``)."""
     names = [f.name for s in typing.get_type_hints(Params) for f in dataclasses.fields(getattr(Params(), s))]
@@ -384,7 +380,7 @@ def config_tag(p: Params) -> str:
     def text(value: Any) -> str:
         return ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
 
-    return ";".join(f"{short(k)}={text(v)}" for k, v in changed_settings(p).items()) or "default"
+    return ";".join(f"{short(k)}={text(v)}" for k, v in changed_settings(p, scopes).items()) or "default"
 
 
 class _Bool:

@@ -10,7 +10,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from smiling_pipeline import tracking
+from smiling_pipeline import algorithms, tracking
 from smiling_pipeline.config import Params, as_dict
 from smiling_pipeline.demos import minari_root
 from smiling_pipeline.envs import Policy, make_env, random_policy, recorded_spec, rollout_returns
@@ -173,7 +173,7 @@ def evaluate(p: Params, data: ExpertData, workdir: Path, ref: str, video: Option
 
     cfg = p.evaluate
     env_id = recorded_spec(data.meta).id
-    policy = load_policy(ref, "sac" if p.train.algorithm == "bc" else p.train.rl, str(resolve_device(p.runtime.device)))
+    policy = load_policy(ref, algorithms.get(p.train.algorithm).policy_rl(p), str(resolve_device(p.runtime.device)))
     act = policy_fn(policy, data.meta)
     refs = references(data.meta)
     out = workdir / "evaluate"

@@ -14,6 +14,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from smiling_pipeline import algorithms  # noqa: E402
 from smiling_pipeline.errors import UserError  # noqa: E402
 from smiling_pipeline.io import atomic_file  # noqa: E402
 
@@ -83,23 +84,22 @@ def write_report(workdir: Path, reports: Path) -> Path:
              if (evaluation / "run.json").is_file() else None)
     dataset = train["dataset_id"]
 
-    name = train["algorithm"].upper()
-    x = "gradient steps" if train["algorithm"] == "bc" else "env steps"
-    plot_curves(reports / "learning_curve.png", f"{name} on {dataset}", x, "normalized return",
+    spec = algorithms.get(train["algorithm"])
+    name = spec.label
+    plot_curves(reports / "learning_curve.png", f"{name} on {dataset}", spec.budget_unit, "normalized return",
                 {f"{name} (evaluation episodes)": [(r["env_steps"], r["normalized_return"]) for r in curve]}, hline=1.0)
-    reward = {"smiling": "SMILING reward (on expert states: the DS divergence estimate)",
-              "dac": "DAC reward -log(1 - sigmoid(D))", "bc": "BC learns no reward"}[train["algorithm"]]
-    plot_curves(reports / "cost.png", reward, "iteration", "mean unnormalised reward (symlog)",
+    plot_curves(reports / "cost.png", spec.reward_text, "iteration", "mean unnormalised reward (symlog)",
                 {"on expert states": [(r["iteration"], r["reward_mean_expert"]) for r in iters],
                  "on learner states": [(r["iteration"], r["reward_mean_learner"]) for r in iters]},
                 hline=0.0, yscale="symlog")
-    refit = {"smiling": "learner score refit", "dac": "discriminator refit"}.get(train["algorithm"])
+    refit = spec.refit_text
     plot_curves(reports / "score_losses.png", "Score-model and refit losses", "step / iteration", "loss",
                 {"expert pretraining (train)": loss["train"], "expert pretraining (validation)": loss["val"],
                  **({f"{refit} (per iteration)": [(r["iteration"], r["refit_loss"]) for r in iters]} if refit else {})},
                 yscale="log")
-    steps = (f"{int(train['gradient_steps'])} gradient steps on expert pairs" if train["algorithm"] == "bc"
-             else f"{int(train['env_steps'])} env steps, {int(train['iterations'])} reward refits")
+    steps = (f"{int(train['gradient_steps'])} gradient steps on expert pairs" if spec.run
+             else f"{int(train['env_steps'])} env steps"
+             + (f", {int(train['iterations'])} reward refits" if spec.refit_text else ""))
     lines = [
         f"# {name} run on `{dataset}`",
         "",

@@ -17,6 +17,7 @@ reward comes in two estimators of the same quantity, chosen by ``cost.estimator`
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from pathlib import Path
 from typing import Any, Optional
 
 import gymnasium as gym
@@ -26,7 +27,7 @@ import torch
 from smiling_pipeline.config import CostConfig, TrainConfig
 from smiling_pipeline.cost import Draws, draw, grid_terms, model_errors, normalize_rewards
 from smiling_pipeline.errors import UserError
-from smiling_pipeline.score import FitSettings, GridTerms, ScoreModel, fit
+from smiling_pipeline.score import FitSettings, GridTerms, ScoreModel, fit, save_model
 
 
 class RewardModel(ABC):
@@ -73,6 +74,11 @@ class RewardModel(ABC):
     @abstractmethod
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
 
+    @abstractmethod
+    def save(self, path: Path) -> tuple[str, torch.nn.Module]:
+        """Write the learned network to ``path`` (``train/reward_model.pt``); returns its MLflow model name
+        and the network."""
+
 
 class ScoreMatchingReward(RewardModel):
     """What both SMILING estimators share: the fixed expert score model and the learner score model,
@@ -98,6 +104,10 @@ class ScoreMatchingReward(RewardModel):
         return {"learner": self.learner.state_dict(),
                 "optimizer": self.optimizer.state_dict() if self.optimizer else None,
                 "version": self.version, "fixed_version": self.fixed_version, "evaluations": self.evaluations}
+
+    def save(self, path: Path) -> tuple[str, torch.nn.Module]:
+        save_model(self.learner, path)
+        return "learner_score_model", self.learner
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.learner.load_state_dict(state["learner"])

@@ -24,6 +24,7 @@ from typing import IO, Any, Literal, Optional
 import dacite
 import yaml
 
+from smiling_pipeline import algorithms
 from smiling_pipeline.config import as_dict, load_params, params_from_dict, preset_overrides
 from smiling_pipeline.errors import UserError
 from smiling_pipeline.io import atomic_dir, check_writable, write_json
@@ -39,7 +40,7 @@ class Grid:
 
     datasets: tuple[str, ...]
     seeds: tuple[int, ...] = (0, 1, 2)
-    algorithms: tuple[Literal["smiling", "dac", "bc"], ...] = ("smiling", "dac", "bc")
+    algorithms: tuple[str, ...] = ("smiling", "dac", "bc")  # names in the registry (smiling_pipeline.algorithms)
     variants: tuple[Literal["state-only", "state-action"], ...] = ("state-only", "state-action")
     expert_states: tuple[Optional[int], ...] = (None,)  # None: ingest.num_states as configured
     overrides: dict[str, Any] = field(default_factory=dict)  # {"section.key": value} for this grid's cells
@@ -76,7 +77,8 @@ def load_sweep(path: Path) -> SweepConfig:
 
 
 def cells(sweep: SweepConfig, base: dict[str, Any]) -> list[Cell]:
-    """Every grid cell (BC only with actions), each checked against the params schema before anything runs."""
+    """Every grid cell (a method that needs actions only state-action), each checked against the params schema
+    before anything runs."""
     out: dict[str, Cell] = {}
     for grid in sweep.grids:
         for short in grid.datasets:
@@ -84,8 +86,8 @@ def cells(sweep: SweepConfig, base: dict[str, Any]) -> list[Cell]:
                 raise UserError(f"sweep grid names dataset '{short}', not one of {', '.join(sweep.datasets)}")
         for short, algorithm, variant, states, seed in itertools.product(
                 grid.datasets, grid.algorithms, grid.variants, grid.expert_states, grid.seeds):
-            if algorithm == "bc" and variant == "state-only":
-                continue  # BC needs expert actions
+            if algorithms.get(algorithm).needs_actions and variant == "state-only":
+                continue
             overrides = {**sweep.datasets[short], **preset_overrides(grid.presets), **grid.overrides, "train.algorithm": algorithm, "train.seed": seed,
                          "pretrain.seed": seed, "ingest.with_actions": variant == "state-action"}
             if states is not None:

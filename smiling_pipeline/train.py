@@ -4,7 +4,8 @@ With the pretrained expert score model fixed, repeat: (a) SB3 SAC collects ``ite
 steps and trains on rewards relabelled by the current SMILING reward (``rl.SmilingReplayBuffer``),
 (b) refit the learner score model on the learner's states (``rl.LearnerRefit``); evaluate with the
 true reward every ``eval_every`` steps and checkpoint every ``checkpoint_every`` steps, between
-iterations. DAC swaps in a discriminator reward on the same loop; BC clones the expert's actions.
+iterations. The method comes from the registry (``algorithms``): DAC swaps in a discriminator reward on
+the same loop, IQ-Learn an SB3 learner with its own objective and no reward; BC has its own run.
 Models go to ``<workdir>/train``, records to ``<workdir>/train_metrics``, everything to MLflow.
 """
 
@@ -14,6 +15,7 @@ import csv
 import dataclasses
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -21,23 +23,23 @@ from typing import Any, Optional
 import gymnasium as gym
 import numpy as np
 import torch
-from stable_baselines3 import SAC
+from stable_baselines3.common.buffers import ReplayBuffer
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.logger import KVWriter, Logger
 from stable_baselines3.common.utils import set_random_seed
 from tqdm.auto import tqdm
 
-from smiling_pipeline import checkpoint, config, tracking
-from smiling_pipeline.baselines import DacReward, behaviour_cloning
+from smiling_pipeline import algorithms, checkpoint, tracking
+from smiling_pipeline.algorithms.base import Algorithm, Context, OwnRun
 from smiling_pipeline.config import Params, TrainConfig, as_dict
 from smiling_pipeline.demos import minari_root
-from smiling_pipeline.envs import check_box_spaces, make_env
+from smiling_pipeline.envs import make_env
 from smiling_pipeline.errors import UserError
 from smiling_pipeline.evaluate import EvalResult, References, evaluate_policy, policy_fn, references
 from smiling_pipeline.ingest import ExpertData
 from smiling_pipeline.io import atomic_dir, atomic_file, write_json
 from smiling_pipeline.report import plot_curves
-from smiling_pipeline.rewards import RewardModel, ScoreMatchingReward, smiling_reward
+from smiling_pipeline.rewards import RewardModel
 from smiling_pipeline.rl import (
     ALGORITHMS,
     IterationStats,
@@ -48,7 +50,7 @@ from smiling_pipeline.rl import (
     grow,
 )
 from smiling_pipeline.runtime import dtype_name, resolve_device, resolve_precision
-from smiling_pipeline.score import ScoreModel, save_model, weights_hash
+from smiling_pipeline.score import ScoreModel, weights_hash
 
 log = logging.getLogger(__name__)
 
@@ -74,13 +76,13 @@ class Records:
     iterations: list[IterationStats] = field(default_factory=list)
     pending: list[tuple[dict[str, float], int]] = field(default_factory=list)
 
-    def add_iteration(self, stats: IterationStats, smiling: bool) -> None:
-        """One refit's statistics; for SMILING the mean reward on expert states is also logged under the
-        paper's name, ``ds_divergence`` (the estimated DS divergence between expert and learner)."""
+    def add_iteration(self, stats: IterationStats, expert_reward_metric: Optional[str]) -> None:
+        """One refit's statistics; the mean reward on expert states is also logged as ``expert_reward_metric``
+        where the method names it (SMILING: ``ds_divergence``, the estimated DS divergence)."""
         self.iterations.append(stats)
         values = {k: v for k, v in vars(stats).items() if k not in ("iteration", "env_steps")}
-        self.pending.append(({**values, **({"ds_divergence": stats.reward_mean_expert} if smiling else {})},
-                             stats.env_steps))
+        named = {expert_reward_metric: stats.reward_mean_expert} if expert_reward_metric else {}
+        self.pending.append(({**values, **named}, stats.env_steps))
 
     def add_evaluation(self, result: EvalResult, step: int) -> None:
         row = {"env_steps": step, "normalized_return": result.normalized_return,
@@ -129,9 +131,11 @@ def _write_csv(path: Path, rows: list[dict[str, Any]], fields: Optional[list[str
         writer.writerows(rows)
 
 
-def build_model(cfg: TrainConfig, env: gym.Env, device: torch.device, resume_from: Optional[Path]) -> Any:
-    """The SB3 learner with the relabelling replay buffer: new, or loaded from a checkpoint folder."""
-    algo = ALGORITHMS[cfg.rl]
+def build_model(cfg: TrainConfig, env: gym.Env, device: torch.device, resume_from: Optional[Path],
+                spec: Algorithm) -> Any:
+    """The SB3 learner (``train.rl``, or the method's own), with the relabelling replay buffer where the
+    method has a reward: new, or loaded from a checkpoint folder."""
+    algo = spec.learner() if spec.learner else ALGORITHMS[cfg.rl]
     if resume_from is not None:
         try:
             model = algo.load(resume_from / "model.zip", env=env, device=device, force_reset=False)
@@ -142,33 +146,21 @@ def build_model(cfg: TrainConfig, env: gym.Env, device: torch.device, resume_fro
         grow(model.replay_buffer, cfg.steps + 1)  # room for a larger budget (an extended run)
         model.buffer_size = cfg.steps + 1
         return model
-    extra = {"ent_coef": cfg.ent_coef, "target_update_interval": cfg.target_update_interval} if cfg.rl == "sac" else {}
+    extra = {"ent_coef": cfg.ent_coef, "target_update_interval": cfg.target_update_interval} \
+        if issubclass(algo, ALGORITHMS["sac"]) else {}
     return algo("MlpPolicy", env, **extra, learning_rate=cfg.lr, buffer_size=cfg.steps + 1,
                 learning_starts=cfg.learning_starts, batch_size=cfg.batch_size, gamma=cfg.gamma,
-                policy_kwargs={"net_arch": list(cfg.net)}, replay_buffer_class=SmilingReplayBuffer, seed=cfg.seed,
-                device=device, verbose=0)
+                policy_kwargs={"net_arch": list(cfg.net)}, seed=cfg.seed, device=device, verbose=0,
+                replay_buffer_class=SmilingReplayBuffer if spec.reward else ReplayBuffer)
 
 
-def make_reward(p: Params, data: ExpertData, expert: Optional[ScoreModel], env: gym.Env, device: torch.device,
-                dtype: torch.dtype) -> RewardModel:
-    """SMILING's score-matching reward around the pretrained ``expert`` model, or DAC's discriminator."""
-    space = check_box_spaces(env, data.meta["env_id"])[1] if data.meta["with_actions"] else None
-    if p.train.algorithm == "dac":
-        return DacReward(data.train, data.mean, data.std, p.cost, p.baselines, space, p.train.seed, device,
-                         p.score.min_std)
-    if expert is None:
-        raise ValueError("SMILING needs the pretrained expert score model")
-    return smiling_reward(expert, p.cost, space, p.train.seed, dtype)
-
-
-def _settings(p: Params, dtype: torch.dtype, data: ExpertData, expert: Optional[ScoreModel]) -> dict[str, Any]:
+def _settings(p: Params, dtype: torch.dtype, data: ExpertData, expert: Optional[ScoreModel],
+              spec: Algorithm) -> dict[str, Any]:
     """What the run's results depend on, down to the expert data and the expert model's weights: logged
     to MLflow, and a resumed run must match it."""
-    sections = {"smiling": ("score", "pretrain", "cost", "train", "ingest"),
-                "dac": ("cost", "train", "baselines", "ingest"), "bc": ("train", "baselines", "ingest")}[p.train.algorithm]
-    settings = {k: as_dict(getattr(p, k)) for k in sections}
+    settings = {k: as_dict(getattr(p, k)) for k in spec.sections}
     settings["inputs"] = {"expert_data": data.meta["content_hash"]}
-    if p.train.algorithm == "smiling" and expert is not None:
+    if spec.needs_expert_model and expert is not None:
         settings["runtime"] = {"precision": dtype_name(dtype)}
         settings["inputs"]["expert_model"] = weights_hash(expert)
     return settings
@@ -177,34 +169,31 @@ def _settings(p: Params, dtype: torch.dtype, data: ExpertData, expert: Optional[
 def _tags(p: Params, data: ExpertData) -> dict[str, str]:
     return tracking.run_tags({"seed": p.train.seed, "algorithm": p.train.algorithm, "rl": p.train.rl,
                       "variant": "state-action" if data.meta["with_actions"] else "state-only",
-                      "linear": p.score.linear, "config": config.config_tag(p),
+                      "linear": p.score.linear, "config": algorithms.get(p.train.algorithm).config_tag(p),
                       "expert_states": data.meta["train_rows"] + data.meta["val_rows"]})
 
 
 def _finish(out: Path, folder: Path, p: Params, data: ExpertData, run: Any, policy: Any,
             curve: list[dict[str, float]], iterations: list[dict[str, float]], metrics: dict[str, Any],
-            train_seconds: float, reward_model: Optional[Any] = None) -> dict[str, Any]:
+            train_seconds: float, reward_model: Optional[RewardModel] = None) -> dict[str, Any]:
     """Write the policy, records and plot, and log the policy (and reward model) to MLflow. The training
     time goes to ``run.json`` (what made the run), so ``metrics.json`` stays the same for the same seed."""
     import mlflow
 
+    spec = algorithms.get(p.train.algorithm)
     info = {"dataset_id": data.meta["dataset_id"], "env_id": data.meta["env_id"], "algorithm": p.train.algorithm,
             "tags": _tags(p, data), "train_seconds": round(train_seconds, 1),
             "mlflow_run_id": run.info.run_id, "policy_uri": tracking.log_torch_model(policy.policy.cpu(), "policy")}
     policy.save(out / "policy.zip")
-    if isinstance(reward_model, ScoreMatchingReward):
-        save_model(reward_model.learner, out / "reward_model.pt")
-        info["reward_model_uri"] = tracking.log_torch_model(reward_model.learner.cpu(), "learner_score_model")
-    elif isinstance(reward_model, DacReward):
-        torch.save(reward_model.d.state_dict(), out / "reward_model.pt")
-        info["reward_model_uri"] = tracking.log_torch_model(reward_model.d.cpu(), "discriminator")
+    if reward_model is not None:
+        name, network = reward_model.save(out / "reward_model.pt")
+        info["reward_model_uri"] = tracking.log_torch_model(network.cpu(), name)
     mlflow.log_metric("train_seconds", info["train_seconds"])
     _write_csv(folder / "learning_curve.csv", curve)
     _write_csv(folder / "iterations.csv", iterations, [f.name for f in dataclasses.fields(IterationStats)])
     write_json(folder / "metrics.json", metrics)
     write_json(folder / "run.json", info)
-    x = "gradient steps" if p.train.algorithm == "bc" else "env steps"
-    plot = plot_curves(out / "learning_curve.png", f"{p.train.algorithm.upper()} on {data.meta['dataset_id']}", x,
+    plot = plot_curves(out / "learning_curve.png", f"{spec.label} on {data.meta['dataset_id']}", spec.budget_unit,
                        "normalized return", {p.train.algorithm: [(r["env_steps"], r["normalized_return"]) for r in curve]},
                        hline=1.0)
     mlflow.log_artifact(str(plot))
@@ -240,37 +229,42 @@ def next_stop(steps: int, cfg: TrainConfig) -> int:
 
 def train(p: Params, data: ExpertData, expert: Optional[ScoreModel], workdir: Path,
           resume: bool = False) -> dict[str, Any]:
-    """Run SMILING (or DAC, or BC) on ``data`` (SMILING: with the pretrained ``expert`` score model), or
-    continue it from its last checkpoint with ``resume``; returns the final metrics (also in
+    """Run the method ``train.algorithm`` names on ``data`` (SMILING: with the pretrained ``expert`` score
+    model), or continue it from its last checkpoint with ``resume``; returns the final metrics (also in
     ``<workdir>/train_metrics/metrics.json``)."""
     cfg = p.train
-    config.check(p)
+    algorithms.check(p)
+    spec = algorithms.get(cfg.algorithm)
     out, folder = workdir / "train", workdir / "train_metrics"
     device = resolve_device(p.runtime.device)
     dtype = resolve_precision(p.runtime.precision, device)
-    settings = _settings(p, dtype, data, expert)
+    settings = _settings(p, dtype, data, expert, spec)
     state = checkpoint.load_state(out / "checkpoint") if resume else None
     if state is not None:
         _check_resumable(state["settings"], settings, out / "checkpoint")
     env = make_env(data.meta, "training", cfg.termination)
     set_random_seed(cfg.seed)
-    if cfg.algorithm == "bc":
-        return train_bc(p, data, env, _references(data), device, out, folder, settings)
+    ctx = Context(p, data, expert, env, device, dtype)
+    if spec.run is not None:
+        return _own_run(spec.run, ctx, _references(data), out, folder, settings)
 
-    reward_model = make_reward(p, data, expert, env, device, dtype)
-    model = build_model(cfg, env, device, out / "checkpoint" if state else None)
+    reward_model = spec.reward(ctx) if spec.reward else None
+    model = build_model(cfg, env, device, out / "checkpoint" if state else None, spec)
+    if spec.prepare:
+        spec.prepare(model, ctx)
     if model.num_timesteps > cfg.steps:
         raise UserError(f"the checkpoint in {out / 'checkpoint'} is at {model.num_timesteps} env steps, past "
                         f"--steps {cfg.steps}; give --steps {model.num_timesteps} or more to continue it")
     refs = _references(data)
-    buffer = attach(model, reward_model, cfg)
-    refit = LearnerRefit(reward_model, cfg, data.val if len(data.val) else data.train)
+    buffer = attach(model, reward_model, cfg) if reward_model else None
+    refit = LearnerRefit(reward_model, cfg, data.val if len(data.val) else data.train) if reward_model else None
     records = Records()
     run_id = None
     clock = TrainClock(state.get("train_seconds", 0.0) if state else 0.0)
     if state is not None:
-        reward_model.load_state_dict(state["reward_model"])
-        refit.iteration = state["iteration"]
+        if reward_model is not None and refit is not None:
+            reward_model.load_state_dict(state["reward_model"])
+            refit.iteration = state["iteration"]
         records = Records(state["curve"], state["iterations"], state["pending"])
         checkpoint.set_env_state(model.get_env(), state["env"])
         checkpoint.set_rng_state(state["rng"])
@@ -286,7 +280,8 @@ def train(p: Params, data: ExpertData, expert: Optional[ScoreModel], workdir: Pa
             model.save(tmp / "model.zip")
             model.save_replay_buffer(tmp / "replay_buffer.pkl")
             checkpoint.save_state(tmp / "state.pt", {
-                "reward_model": reward_model.state_dict(), "iteration": refit.iteration, "curve": records.curve,
+                "reward_model": reward_model.state_dict() if reward_model else None,
+                "iteration": refit.iteration if refit else 0, "curve": records.curve,
                 "iterations": records.iterations, "pending": records.pending,
                 "env": checkpoint.env_state(model.get_env()), "run_id": tracking.active_run_id(),
                 "settings": settings, "train_seconds": clock.seconds()})
@@ -302,17 +297,18 @@ def train(p: Params, data: ExpertData, expert: Optional[ScoreModel], workdir: Pa
             mlflow.set_tag("extended", f"train.steps {started_with} -> {cfg.steps}")
         else:
             tracking.log_dataset(data.meta, data.train, minari_root() / data.meta["dataset_id"], "training")
-        bar = tqdm(total=cfg.steps, initial=model.num_timesteps, desc=cfg.algorithm.upper(), unit="step",
+        bar = tqdm(total=cfg.steps, initial=model.num_timesteps, desc=spec.label, unit="step",
                    dynamic_ncols=True)
         while model.num_timesteps < cfg.steps:
             # (a) RL on the current reward: SAC collects env steps and trains on relabelled samples
             model.learn(next_stop(model.num_timesteps, cfg) - model.num_timesteps, callback=StepBar(bar),
                         reset_num_timesteps=False, log_interval=None)
-            check_relabelling(model)
             steps = model.num_timesteps
             # (b) every iteration_steps from learning_starts on: refit the reward on the learner's rows
-            if refit_due(steps, cfg):
-                records.add_iteration(refit(buffer, steps), smiling=cfg.algorithm == "smiling")
+            if buffer is not None and refit is not None:
+                check_relabelling(model)
+                if refit_due(steps, cfg):
+                    records.add_iteration(refit(buffer, steps), spec.expert_reward_metric)
             model.logger.dump(steps)  # the RL learner's losses
             if steps % cfg.eval_every == 0 or steps == cfg.steps:
                 result = evaluate_policy(policy_fn(model.policy, data.meta), data.meta, refs, cfg.eval_episodes,
@@ -327,8 +323,8 @@ def train(p: Params, data: ExpertData, expert: Optional[ScoreModel], workdir: Pa
             "env_steps": cfg.steps,
             "final_normalized_return": records.curve[-1]["normalized_return"],
             "best_normalized_return": max(r["normalized_return"] for r in records.curve),
-            "reward_evaluations": reward_model.evaluations,
-            "iterations": refit.iteration,
+            "reward_evaluations": reward_model.evaluations if reward_model else 0,
+            "iterations": refit.iteration if refit else 0,
         }
         return _finish(out, folder, p, data, run, model, records.curve,
                        [vars(s) for s in records.iterations], metrics, clock.seconds(), reward_model)
@@ -351,16 +347,15 @@ def _progress(records: Records) -> dict[str, str]:
     return post
 
 
-def train_bc(p: Params, data: ExpertData, env: gym.Env, refs: References, device: torch.device,
+def _own_run(own: Callable[[Context, Callable[[Any, int], None]], OwnRun], ctx: Context, refs: References,
              out: Path, folder: Path, settings: dict[str, Any]) -> dict[str, Any]:
-    """Behaviour cloning of the expert's (state, action) pairs into an SB3 SAC actor; no env steps."""
-    obs_space, act_space = check_box_spaces(env, data.meta["env_id"])
-    obs_dim = obs_space.shape[0]
-    model = SAC("MlpPolicy", env, policy_kwargs={"net_arch": list(p.train.net)}, seed=p.train.seed, device=device)
+    """A method with its own training (``Algorithm.run``, e.g. BC) in a train run: its evaluations,
+    records and MLflow logging as for the loop's methods."""
+    p, data = ctx.p, ctx.data
     records = Records()
     clock = TrainClock()
 
-    def evaluate(step: int) -> None:
+    def evaluate(model: Any, step: int) -> None:
         result = evaluate_policy(policy_fn(model.policy, data.meta), data.meta, refs, p.train.eval_episodes,
                                  seed=p.train.seed + 10_000 + len(records.curve) * 100)
         records.add_evaluation(result, step)
@@ -368,11 +363,8 @@ def train_bc(p: Params, data: ExpertData, env: gym.Env, refs: References, device
 
     with tracking.run("train", data.meta["dataset_id"], settings, _tags(p, data)) as run:
         tracking.log_dataset(data.meta, data.train, minari_root() / data.meta["dataset_id"], "training")
-        losses = behaviour_cloning(model.policy, data.train[:, :obs_dim], data.train[:, obs_dim:], act_space,
-                                   p.baselines, p.train.seed, on_eval=evaluate,
-                                   eval_every=max(1, p.baselines.bc_steps // 10))
-        metrics = {"env_steps": 0, "gradient_steps": p.baselines.bc_steps, "bc_loss": losses[-1],
-                   "final_normalized_return": records.curve[-1]["normalized_return"],
+        result = own(ctx, evaluate)
+        metrics = {**result.metrics, "final_normalized_return": records.curve[-1]["normalized_return"],
                    "best_normalized_return": max(r["normalized_return"] for r in records.curve)}
         out.mkdir(parents=True, exist_ok=True)
-        return _finish(out, folder, p, data, run, model, records.curve, [], metrics, clock.seconds())
+        return _finish(out, folder, p, data, run, result.model, records.curve, [], metrics, clock.seconds())

@@ -6,14 +6,18 @@ import ast
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "smiling_pipeline"
-# Lowest first. Foundations; data (demos -> ingest); models (score -> cost); SB3 glue and baselines;
-# the stages; orchestration; the CLI.
+# The algorithms package: its spec types, then one module per method (any module there but base), then the
+# registry (__init__) that lists them. A new method needs no entry here.
+METHODS = sorted(p.stem for p in (PACKAGE / "algorithms").glob("*.py") if p.stem not in ("__init__", "base"))
+# Lowest first. Foundations; data (demos -> ingest); models (score -> cost); SB3 glue and baselines; the
+# methods; the stages; orchestration; the CLI.
 LAYERS = [
-    ["errors", "io", "config", "runtime", "tracking", "server", "checkpoint", "report", "envs"],
+    ["errors", "io", "config", "runtime", "tracking", "server", "checkpoint", "envs"],
     ["demos", "ingest"],
     ["score", "cost", "rewards"],
     ["rl", "baselines"],
-    ["evaluate", "pretrain", "train"],
+    ["algorithms.base", *(f"algorithms.{m}" for m in METHODS), "algorithms"],
+    ["report", "evaluate", "pretrain", "train"],
     ["pipeline", "compare", "sweep"],
     ["cluster"],
     ["cli"],
@@ -21,26 +25,48 @@ LAYERS = [
 ORDER = [m for layer in LAYERS for m in layer]
 
 
-def package_imports(path: Path) -> set[str]:
-    """Modules of this package that ``path`` imports anywhere (module level or inside functions)."""
+def module_path(module: str) -> Path:
+    """The file of ``module`` (``algorithms`` is the package's ``__init__``)."""
+    if module == "algorithms":
+        return PACKAGE / "algorithms" / "__init__.py"
+    return PACKAGE / (module.replace(".", "/") + ".py")
+
+
+def imported_module(dotted: str) -> str:
+    """``smiling_pipeline.x[.y...]`` as a name in :data:`ORDER`: ``x``, or ``algorithms.y`` inside that package."""
+    parts = dotted.split(".")[1:]
+    if parts[0] == "algorithms" and len(parts) > 1:
+        return f"algorithms.{parts[1]}"
+    return parts[0]
+
+
+def package_imports(path: Path, name: str) -> set[str]:
+    """Modules of this package that ``path`` (the module ``name``) imports anywhere (module level or inside
+    functions)."""
     found = set()
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("smiling_pipeline"):
-            names = [a.name for a in node.names] if node.module == "smiling_pipeline" else [node.module.split(".")[1]]
-            found.update(names)
+            if node.module in ("smiling_pipeline", "smiling_pipeline.algorithms"):
+                prefix = node.module.replace("smiling_pipeline", "").lstrip(".")
+                for alias in node.names:
+                    child = f"{prefix}.{alias.name}" if prefix else alias.name
+                    found.add(child if module_path(child).is_file() else prefix)
+            else:
+                found.add(imported_module(node.module))
         elif isinstance(node, ast.Import):
-            found.update(a.name.split(".")[1] for a in node.names if a.name.startswith("smiling_pipeline."))
-    return found - {path.stem}
+            found.update(imported_module(a.name) for a in node.names if a.name.startswith("smiling_pipeline."))
+    return found - {name}
 
 
 def test_every_module_has_a_place_in_the_layers():
-    modules = {p.stem for p in PACKAGE.glob("*.py")}
+    modules = {p.stem for p in PACKAGE.glob("*.py")} | {"algorithms", "algorithms.base"} | {f"algorithms.{m}" for m in METHODS}
     assert modules == set(ORDER), f"unplaced: {modules - set(ORDER)}, gone: {set(ORDER) - modules}"
+    assert {"smiling", "dac", "bc"} <= set(METHODS)
 
 
 def test_modules_import_only_modules_below_them():
     """Follows from the order, and rules out any import circle (a circle needs an upward import)."""
-    upward = {module: sorted(dep for dep in package_imports(PACKAGE / f"{module}.py")
+    upward = {module: sorted(dep for dep in package_imports(module_path(module), module)
                              if ORDER.index(dep) >= ORDER.index(module))
               for module in ORDER}
     assert not {m: deps for m, deps in upward.items() if deps}
@@ -49,4 +75,11 @@ def test_modules_import_only_modules_below_them():
 def test_the_layer_check_sees_function_level_imports(tmp_path):
     probe = tmp_path / "evaluate.py"
     probe.write_text("def f():\n    from smiling_pipeline.train import x\n    import smiling_pipeline.cli\n")
-    assert package_imports(probe) == {"train", "cli"}
+    assert package_imports(probe, "evaluate") == {"train", "cli"}
+
+
+def test_the_layer_check_sees_imports_of_the_algorithms_package(tmp_path):
+    probe = tmp_path / "sweep.py"
+    probe.write_text("from smiling_pipeline import algorithms\nfrom smiling_pipeline.algorithms import dac, get\n"
+                     "from smiling_pipeline.algorithms.base import Algorithm\n")
+    assert package_imports(probe, "sweep") == {"algorithms", "algorithms.dac", "algorithms.base"}

@@ -139,7 +139,7 @@ def tiny_params(path, **train):
     return path
 
 
-@pytest.mark.parametrize("algorithm", ["dac", "bc"])
+@pytest.mark.parametrize("algorithm", ["dac", "bc", "iqlearn"])
 def test_baselines_run_through_the_cli_and_log_like_smiling(recorded, monkeypatch, tmp_path, algorithm):
     import mlflow
 

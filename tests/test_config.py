@@ -62,7 +62,6 @@ def test_all_unknown_keys_are_named(tmp_path):
         ("train:\n  steps: many\n", "train.steps"),
         ("train:\n  steps: 5.5\n", "train.steps"),
         ("train:\n  lr: abc\n", "train.lr"),
-        ("train:\n  algorithm: ppo2\n", "train.algorithm"),
         ("train:\n  net: [32, x]\n", "train.net"),
         ("runtime:\n  threads: '2'\n", "runtime.threads"),
         ("runtime:\n  precision: half\n", "runtime.precision"),
@@ -75,6 +74,16 @@ def test_all_unknown_keys_are_named(tmp_path):
 def test_wrong_type_names_the_field(tmp_path, text, field):
     message = error_of(tmp_path, text)
     assert field in message, message
+
+
+def test_an_unregistered_algorithm_is_refused_naming_the_registered_ones(tmp_path):
+    """``train.algorithm`` is checked against the registry (not a literal in config.py) with the other
+    rules on final settings."""
+    from smiling_pipeline import algorithms
+
+    p = load(tmp_path, "train:\n  algorithm: ppo2\n")
+    with pytest.raises(UserError, match="train.algorithm must be one of smiling, dac, bc, iqlearn, got 'ppo2'"):
+        algorithms.check(p)
 
 
 
