@@ -286,8 +286,10 @@ def pretrain(
     from smiling_pipeline.pretrain import pretrain as run_pretrain
 
     m = run_pretrain(p, ensure_ingested(p), workdir_for(p) / "pretrain")
-    typer.echo(f"expert score model: val loss {m['final_val_loss']:.4f} after {m['steps']} steps -> "
-               f"{workdir_for(p) / 'pretrain'}; MLflow model {m['model_uri']}")
+    loss = (f"train loss {m['final_train_loss']:.4f} (no validation rows)" if m["final_val_loss"] is None
+            else f"val loss {m['final_val_loss']:.4f}")
+    typer.echo(f"expert score model: {loss} after {m['steps']} steps -> {workdir_for(p) / 'pretrain'}; "
+               f"MLflow model {m['model_uri']}")
 
 
 @app.command()
