@@ -326,9 +326,13 @@ def train(
     from smiling_pipeline.pipeline import ensure_ingested, ensure_pretrained
     from smiling_pipeline.train import train as run_train
 
-    data = ensure_ingested(p, needs_env=True)
+    if resume:  # a missing checkpoint is refused before any stage runs
+        from smiling_pipeline.checkpoint import load_state
+
+        load_state(workdir_for(p) / "train" / "checkpoint")
+    data = ensure_ingested(p, needs_env=True, resuming=resume)
     make_env(data.meta, "training", p.train.termination).close()  # the environment matches the data, before pretraining
-    expert = ensure_pretrained(p, data) if p.train.algorithm == "smiling" else None
+    expert = ensure_pretrained(p, data, resuming=resume) if p.train.algorithm == "smiling" else None
     m = run_train(p, data, expert, workdir_for(p), resume=resume)
     budget = f"{m['gradient_steps']} gradient steps" if m["algorithm"] == "bc" else f"{m['env_steps']} env steps"
     typer.echo(f"{m['algorithm'].upper()} on {m['dataset_id']}: normalized return {m['final_normalized_return']:.3f} after "
