@@ -119,7 +119,8 @@ def setup(params: Optional[Path], workdir: Optional[Path] = None, device: Option
 
 def start(p: C.Params, minari_root: Optional[Path], dataset: bool = True) -> None:
     """Refuse a malformed ``ingest.dataset`` (when the command reads a dataset), then point Minari at its
-    store and set torch threads: the command's first heavy import, so nothing before it waits for one.
+    store, set torch threads and refuse a device this machine lacks (before a chained stage writes): the
+    command's first heavy import, so nothing before it waits for one.
 
     The Minari store is ``--minari-root``, else ``$MINARI_DATASETS_PATH``, else ``runtime.minari_root``,
     else Minari's default.
@@ -130,6 +131,9 @@ def start(p: C.Params, minari_root: Optional[Path], dataset: bool = True) -> Non
     if dataset:
         check_dataset_id(p.ingest.dataset)
     prepare(p, minari_root)
+    from smiling_pipeline.runtime import resolve_device
+
+    resolve_device(p.runtime.device)
 
 
 def with_section(p: C.Params, section: str, **values: Any) -> C.Params:
