@@ -119,7 +119,8 @@ def setup(params: Optional[Path], workdir: Optional[Path] = None, device: Option
 
 def start(p: C.Params, minari_root: Optional[Path], dataset: bool = True) -> None:
     """Refuse a malformed ``ingest.dataset`` (when the command reads a dataset), then point Minari at its
-    store and set torch threads: the command's first heavy import, so nothing before it waits for one.
+    store, set torch threads and refuse a device this machine lacks (before a chained stage writes): the
+    command's first heavy import, so nothing before it waits for one.
 
     The Minari store is ``--minari-root``, else ``$MINARI_DATASETS_PATH``, else ``runtime.minari_root``,
     else Minari's default.
@@ -130,6 +131,9 @@ def start(p: C.Params, minari_root: Optional[Path], dataset: bool = True) -> Non
     if dataset:
         check_dataset_id(p.ingest.dataset)
     prepare(p, minari_root)
+    from smiling_pipeline.runtime import resolve_device
+
+    resolve_device(p.runtime.device)
 
 
 def with_section(p: C.Params, section: str, **values: Any) -> C.Params:
@@ -286,8 +290,10 @@ def pretrain(
     from smiling_pipeline.pretrain import pretrain as run_pretrain
 
     m = run_pretrain(p, ensure_ingested(p), workdir_for(p) / "pretrain")
-    typer.echo(f"expert score model: val loss {m['final_val_loss']:.4f} after {m['steps']} steps -> "
-               f"{workdir_for(p) / 'pretrain'}; MLflow model {m['model_uri']}")
+    loss = (f"train loss {m['final_train_loss']:.4f} (no validation rows)" if m["final_val_loss"] is None
+            else f"val loss {m['final_val_loss']:.4f}")
+    typer.echo(f"expert score model: {loss} after {m['steps']} steps -> {workdir_for(p) / 'pretrain'}; "
+               f"MLflow model {m['model_uri']}")
 
 
 @app.command()
@@ -325,10 +331,14 @@ def train(
     from smiling_pipeline.pipeline import ensure_ingested, ensure_pretrained
     from smiling_pipeline.train import train as run_train
 
-    data = ensure_ingested(p, needs_env=True)
+    if resume:  # a missing checkpoint is refused before any stage runs
+        from smiling_pipeline.checkpoint import load_state
+
+        load_state(workdir_for(p) / "train" / "checkpoint")
+    data = ensure_ingested(p, needs_env=True, resuming=resume)
     make_env(data.meta, "training", p.train.termination).close()  # the environment matches the data, before pretraining
     spec = algorithms.get(p.train.algorithm)
-    expert = ensure_pretrained(p, data) if spec.needs_expert_model else None
+    expert = ensure_pretrained(p, data, resuming=resume) if spec.needs_expert_model else None
     m = run_train(p, data, expert, workdir_for(p), resume=resume)
     budget = f"{m['gradient_steps' if spec.run else 'env_steps']} {spec.budget_unit}"
     typer.echo(f"{spec.label} on {m['dataset_id']}: normalized return {m['final_normalized_return']:.3f} after "

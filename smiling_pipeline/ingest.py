@@ -137,7 +137,8 @@ def _selection(n: int, cfg: IngestConfig, rng: np.random.Generator) -> tuple[np.
 
 def _check_enough(picked: int, n_val: int) -> None:
     if picked - n_val < 2:
-        raise DataError(f"only {picked} states after subsampling; need at least 2 for training")
+        held = f", {n_val} of them held out for validation (lower ingest.val_fraction)" if n_val else ""
+        raise DataError(f"only {picked} states after subsampling{held}; need at least 2 for training")
 
 
 def _column_sum(rows: np.ndarray, fn: Any = None) -> np.ndarray:

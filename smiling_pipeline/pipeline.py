@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 from smiling_pipeline.config import Params
 from smiling_pipeline.demos import load_dataset, resolve_dataset, use_minari_root
+from smiling_pipeline.errors import UserError
 from smiling_pipeline.io import check_writable
 
 if TYPE_CHECKING:
@@ -42,10 +43,18 @@ def prepare(p: Params, minari_root: Path | None = None) -> None:
     set_threads(p.runtime.threads)
 
 
-def ensure_ingested(p: Params, needs_env: bool = False) -> ExpertData:
+def _refuse_redo(resuming: bool, what: str) -> None:
+    """A resumed run continues on the outputs its checkpoint was made with: redoing a stage first would
+    replace them and then be refused by the checkpoint, so it is refused before anything is written."""
+    if resuming:
+        raise UserError(f"cannot resume: {what}, so the checkpoint was made with other inputs; resume with the "
+                        "settings it was made with, or train without --resume")
+
+
+def ensure_ingested(p: Params, needs_env: bool = False, resuming: bool = False) -> ExpertData:
     """The ingested expert data for ``p.ingest``; ingests first when missing or made from another dataset.
     ``needs_env``: the command runs the dataset's environment, so a dataset without an environment spec
-    is refused before anything is written."""
+    is refused before anything is written. ``resuming``: refuse instead of ingesting (a resumed run)."""
     from smiling_pipeline.envs import check_has_env
     from smiling_pipeline.ingest import ingest, load_expert_data
 
@@ -58,25 +67,28 @@ def ensure_ingested(p: Params, needs_env: bool = False) -> ExpertData:
             if needs_env:
                 check_has_env(data.meta.get("env_spec"), data.meta["dataset_id"])
             return data
-        why = "is for another dataset or variant; ingesting {} again"
+        problem = "was for another dataset or variant"
     else:
-        why = "is missing; ingesting {} first"
-    dataset_id = resolve_dataset(p.ingest.dataset)  # an unknown id fails here, before the note below
+        problem = "was missing"
+    _refuse_redo(resuming, f"the ingested data in {folder} {problem}")
+    dataset_id = resolve_dataset(p.ingest.dataset)
     if needs_env:
         check_has_env(load_dataset(dataset_id).spec.env_spec, dataset_id)
-    log.info(f"ingested data in {folder} " + why.format(p.ingest.dataset))
     ingest(p.ingest, folder)
-    return load_expert_data(folder)
+    log.info(f"ingested {p.ingest.dataset} into {folder} first: the ingested data there {problem}")  # after: a
+    return load_expert_data(folder)  # refused dataset gets its one error line alone
 
 
-def ensure_pretrained(p: Params, data: ExpertData) -> ScoreModel:
+def ensure_pretrained(p: Params, data: ExpertData, resuming: bool = False) -> ScoreModel:
     """The expert score model for ``data`` and ``p``'s score and pretrain settings, pretraining first when it
-    is missing or was made from other data or with other settings (it is never reused under other ones)."""
+    is missing or was made from other data or with other settings (it is never reused under other ones).
+    ``resuming``: refuse instead of pretraining (a resumed run)."""
     from smiling_pipeline.pretrain import MODEL_FILE, load_expert_model, pretrain, stale_settings
     from smiling_pipeline.score import load_model
 
     path = workdir(p) / "pretrain" / MODEL_FILE
     if not path.is_file():
+        _refuse_redo(resuming, f"there is no expert score model at {path}")
         log.info(f"no expert score model at {path}; pretraining first")
         pretrain(p, data, path.parent)
     else:
@@ -85,6 +97,8 @@ def ensure_pretrained(p: Params, data: ExpertData) -> ScoreModel:
         if extra.get("content_hash") != data.meta["content_hash"]:
             changed.insert(0, f"expert data {extra.get('dataset_id')}")
         if changed:
+            _refuse_redo(resuming, f"the expert score model at {path} was made with other settings or data "
+                                   f"({', '.join(changed)})")
             log.info(f"the expert score model at {path} was made with other settings or data ({', '.join(changed)}); "
                      "pretraining again")
             pretrain(p, data, path.parent)

@@ -19,6 +19,10 @@ def resolve_device(device: str) -> torch.device:
         raise UserError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:N") from e
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise UserError(f"device {device!r} requested but CUDA is not available here; use --device cpu or auto")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        count = torch.cuda.device_count()
+        raise UserError(f"device {device!r} requested but this machine has {count} CUDA device(s); "
+                        f"use --device cuda:0{f' to cuda:{count - 1}' if count > 1 else ''}")
     return dev
 
 

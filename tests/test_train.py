@@ -211,7 +211,7 @@ def test_cli_chain_writes_outputs_and_mlflow_records(store, tmp_path):
     params = write_params(tmp_path / "p.yaml")
     train = run_cli(["train", "--params", params])  # ingests and pretrains first, and says so
     assert train.exit_code == 0, train.output
-    assert "ingesting" in train.stderr and "pretraining first" in train.stderr
+    assert "ingested smiling/invertedpendulum/expert-v0 into" in train.stderr and "pretraining first" in train.stderr
     work = tmp_path / "data" / "smiling-invertedpendulum-expert-v0"
     metrics = json.loads((work / "train_metrics" / "metrics.json").read_text())
     info = json.loads((work / "train_metrics" / "run.json").read_text())
