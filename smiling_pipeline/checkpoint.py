@@ -61,7 +61,7 @@ def _unsaved(base: Any) -> str | None:
     """Why the state of the unwrapped env ``base`` cannot be saved; None when it can (MuJoCo model and data)."""
     if isinstance(getattr(base, "model", None), mujoco.MjModel) and isinstance(getattr(base, "data", None), mujoco.MjData):
         return None
-    return f"{type(base).__name__} has no MuJoCo state to save"
+    return f"{type(base).__name__} is not a Gymnasium MuJoCo environment"
 
 
 def env_state(vec_env: Any) -> dict[str, Any]:
