@@ -6,10 +6,16 @@ learner score model and its optimizer, the cost estimator's draws and model vers
 history and unsent MLflow metrics, the global RNG states, and the environment's exact state
 (MuJoCo integration state, the env's RNG, every wrapper's counters). Restoring all of it makes a
 resumed run identical to an uninterrupted one on the same machine.
+
+The environment's state is saved where it can be: Gymnasium's MuJoCo environments (a MuJoCo model and
+data on the unwrapped env). Any other environment (classic control, dm_control through shimmy, whose
+task keeps state of its own) is recorded as not saved, and a resumed run starts a new episode there,
+seeded, and says so once: everything else is restored exactly, the episode under way is cut short.
 """
 
 from __future__ import annotations
 
+import logging
 import random
 from pathlib import Path
 from typing import Any
@@ -21,6 +27,7 @@ import torch
 
 from smiling_pipeline.errors import UserError
 
+log = logging.getLogger(__name__)
 _MJ_STATE = mujoco.mjtState.mjSTATE_INTEGRATION
 _SKIP = {"env", "envs", "_saved_kwargs"}  # links between layers and constructor arguments
 FORMAT = 2  # of state.pt; a checkpoint of another format was written by another version of the package
@@ -50,13 +57,22 @@ def _layers(env: gym.Env) -> list[Any]:
     return chain
 
 
+def _unsaved(base: Any) -> str | None:
+    """Why the state of the unwrapped env ``base`` cannot be saved; None when it can (MuJoCo model and data)."""
+    if isinstance(getattr(base, "model", None), mujoco.MjModel) and isinstance(getattr(base, "data", None), mujoco.MjData):
+        return None
+    return f"{type(base).__name__} is not a Gymnasium MuJoCo environment"
+
+
 def env_state(vec_env: Any) -> dict[str, Any]:
-    """The state of an SB3 ``DummyVecEnv`` of MuJoCo envs, enough to continue bit for bit."""
+    """The state of an SB3 ``DummyVecEnv`` of MuJoCo envs, enough to continue bit for bit; for other envs
+    only why it is not saved (``unsaved``), and a resume starts a new episode (:func:`restore_env`)."""
     envs = []
     for env in vec_env.envs:
         *wrappers, base = _layers(env)
-        if not hasattr(base, "data"):
-            raise UserError(f"checkpoints support MuJoCo environments only, not {type(base).__name__}")
+        reason = _unsaved(base)
+        if reason is not None:
+            return {"unsaved": reason}
         mj = np.empty(mujoco.mj_stateSize(base.model, _MJ_STATE))
         mujoco.mj_getState(base.model, base.data, mj, _MJ_STATE)
         envs.append({
@@ -68,7 +84,7 @@ def env_state(vec_env: Any) -> dict[str, Any]:
 
 
 def set_env_state(vec_env: Any, state: dict[str, Any]) -> None:
-    """Inverse of :func:`env_state` on a freshly made env of the same kind."""
+    """Inverse of :func:`env_state` on a freshly made env of the same kind (a saved state)."""
     vars(vec_env).update(state["vec"])
     for env, saved in zip(vec_env.envs, state["envs"], strict=True):
         *wrappers, base = _layers(env)
@@ -76,6 +92,20 @@ def set_env_state(vec_env: Any, state: dict[str, Any]) -> None:
             vars(wrapper).update(attrs)
         mujoco.mj_setState(base.model, base.data, saved["mujoco"], _MJ_STATE)
         base.np_random.bit_generator.state = saved["np_random"]
+
+
+def restore_env(model: Any, state: dict[str, Any], seed: int) -> None:
+    """Put the SB3 learner ``model``'s freshly made env where the checkpoint left it: exactly when its state
+    was saved, else at the start of a new episode (reset with ``seed``), said once."""
+    vec_env = model.get_env()
+    if "unsaved" not in state:
+        set_env_state(vec_env, state)
+        return
+    log.info(f"the checkpoint holds no environment state ({state['unsaved']}), so the resumed run starts a new "
+             f"episode at {model.num_timesteps} env steps instead of finishing the one under way")
+    vec_env.seed(seed)
+    model._last_obs = vec_env.reset()
+    model._last_episode_starts = np.ones((vec_env.num_envs,), dtype=bool)
 
 
 def save_state(path: Path, state: dict[str, Any]) -> None:

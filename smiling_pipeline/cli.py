@@ -194,7 +194,7 @@ def _fmt(x: Any) -> str:
 @app.command()
 @handles_user_errors
 def demos(
-    env: Annotated[Optional[str], typer.Option("--env", help="Gymnasium env id [params: demos.env_id].")] = None,
+    env: Annotated[Optional[str], typer.Option("--env", help="Gymnasium env id, e.g. Hopper-v5 or dm_control/cheetah-run-v0 (Dict observations are recorded flat) [params: demos.env_id].")] = None,
     dataset_id: Annotated[Optional[str], typer.Option("--dataset-id", help="Id of the new dataset, e.g. smiling/hopper/expert-v0.")] = None,
     expert_steps: Annotated[Optional[int], typer.Option("--expert-steps", min=1, help="True-reward training steps of the expert [params: demos.expert_steps].")] = None,
     expert_net: Annotated[Optional[str], typer.Option("--expert-net", help="Expert hidden layers, e.g. 256,256 [params: demos.expert_net].")] = None,

@@ -291,6 +291,17 @@ def load_expert(path: str, algorithm: str, env: gym.Env, device: str) -> Any:
     return model
 
 
+def check_storable(env: gym.Env, env_id: str) -> None:
+    """Refuse an environment whose spec a dataset cannot store (Minari writes it as JSON, and training and
+    evaluation rebuild the environment from it)."""
+    try:
+        if env.spec is not None:
+            env.spec.to_json()
+    except ValueError as e:
+        raise UserError(f"{env_id}'s spec cannot be stored in a dataset ({str(e).splitlines()[0]}); register the "
+                        "environment with a 'module:function' entry point") from e
+
+
 def check_new_dataset_id(dataset_id: str) -> None:
     """Refuse an id a new local dataset cannot take: malformed, without a version, or in an official namespace."""
     check_dataset_id(dataset_id)
@@ -339,8 +350,9 @@ def make_demos(cfg: DemosConfig, root: Path, workdir: Path, device: str, force: 
     target = root / cfg.dataset_id
     if target.exists() and not force:
         raise UserError(f"dataset {cfg.dataset_id} already exists in {root}; pass --force to replace it")
-    env = make_env_from_id(cfg.env_id)
+    env = make_env_from_id(cfg.env_id)  # Dict observations flattened, by a wrapper the dataset's spec records
     check_box_spaces(env, cfg.env_id)
+    check_storable(env, cfg.env_id)
 
     policy_file = workdir / "expert_policy.zip"
     if cfg.policy_path:
@@ -356,7 +368,7 @@ def make_demos(cfg: DemosConfig, root: Path, workdir: Path, device: str, force: 
             expert_returns = rollout_returns(collector, expert, cfg.episodes, cfg.seed + 1_000_000, "recording expert")
             dataset = collector.create_dataset(
                 dataset_id=cfg.dataset_id,
-                eval_env=cfg.env_id,
+                eval_env=env.spec,  # as recorded: flattened, with an importable entry point
                 algorithm_name=f"SB3-{cfg.algorithm.upper()} ({'loaded ' + cfg.policy_path if cfg.policy_path else f'{cfg.expert_steps} true-reward steps, net {list(cfg.expert_net)}, best of evaluations every {cfg.eval_every}'})",
                 author="smiling_pipeline",
                 ref_min_score=float(random_returns.mean()),

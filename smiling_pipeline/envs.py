@@ -5,18 +5,27 @@ Every environment a dataset's training, evaluation or video runs in comes from :
 rebuilds the environment the dataset was recorded on from the spec Minari stored with it (kwargs,
 ``max_episode_steps`` and recorded wrappers included), as ``MinariDataset.recover_environment`` does;
 ``gym.make(env_id)`` alone would drop them.
+
+New datasets are recorded on :func:`make_env_from_id`'s environments: any registered Gymnasium id, with
+Dict observations flattened by Gymnasium's ``FlattenObservation`` (a wrapper the spec records, so every
+later rebuild flattens the same way) and suites registered by another package (dm_control through
+shimmy) imported on demand, with entry points a stored spec can name.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import importlib
 import inspect
+import logging
 from collections.abc import Callable
 from typing import Any, Literal
 
 import gymnasium as gym
 import numpy as np
 from gymnasium.envs.registration import EnvSpec
+from gymnasium.wrappers import FlattenObservation
 from tqdm.auto import tqdm
 
 from smiling_pipeline.errors import UserError
@@ -24,6 +33,9 @@ from smiling_pipeline.errors import UserError
 Policy = Callable[[np.ndarray], np.ndarray]
 Purpose = Literal["training", "evaluation", "video"]
 TERMINATION_OPTION = "terminate_when_unhealthy"
+# Gymnasium namespaces another package registers when imported (Gymnasium 1 loads no plugins itself), and
+# what to install for it
+SUITES = {"dm_control": ("shimmy", "shimmy[dm-control] (pip install -e '.[dmc]')")}
 
 
 def check_has_env(env_spec: object, dataset_id: str) -> None:
@@ -87,13 +99,62 @@ def make_from_spec(spec: EnvSpec, purpose: Purpose = "evaluation", termination: 
         raise UserError(f"cannot rebuild environment {spec.id} as recorded: {str(e).splitlines()[0]}") from e
 
 
-def make_env_from_id(env_id: str, purpose: Purpose = "evaluation") -> gym.Env:
-    """A registered environment with its registered defaults (``demos`` records new datasets on one)."""
+def _registered(env_id: str) -> EnvSpec:
+    """The registered spec of ``env_id``, importing the package that registers its namespace if needed."""
+    namespace = env_id.split("/", 1)[0] if "/" in env_id else None
+    if namespace in SUITES and namespace not in {spec.namespace for spec in gym.registry.values()}:
+        module, install = SUITES[namespace]
+        try:
+            gym.register_envs(importlib.import_module(module))
+        except ImportError as e:
+            raise UserError(f"{env_id} is registered by {module}, which cannot be imported ({e.msg}); "
+                            f"install {install}") from e
     try:
-        spec = gym.spec(env_id)
+        return gym.spec(env_id)
     except gym.error.Error as e:
         raise UserError(f"unknown environment {env_id!r}: {e}") from e
-    return make_from_spec(spec, purpose)
+
+
+def dm_control_suite(domain_name: str, task_name: str, **kwargs: Any) -> gym.Env:
+    """A dm_control suite task through shimmy, as shimmy's registration makes it, but importable by name:
+    shimmy registers the suite with closures, which Gymnasium cannot write into a dataset's spec."""
+    try:
+        from dm_control import suite
+        from shimmy.dm_control_compatibility import DmControlCompatibilityV0
+    except ImportError as e:
+        raise UserError(f"dm_control/{domain_name}-{task_name} needs dm_control and shimmy, which cannot be "
+                        f"imported ({e.msg}); install {SUITES['dm_control'][1]}") from e
+    logging.getLogger("absl").addFilter(_not_settotalmass)  # once: the same filter is not added twice
+    load = {k: kwargs.pop(k) for k in ("task_kwargs", "environment_kwargs", "visualize_reward") if k in kwargs}
+    return DmControlCompatibilityV0(suite.load(domain_name, task_name, **load), **kwargs)
+
+
+def _not_settotalmass(record: logging.LogRecord) -> bool:
+    """Drops MuJoCo 4's note on dm_control's models (``settotalmass`` is deprecated), logged at every build."""
+    return "settotalmass" not in record.getMessage()
+
+
+def storable(spec: EnvSpec) -> EnvSpec:
+    """``spec`` with an entry point a stored spec can name: shimmy's dm_control suite closures become
+    :func:`dm_control_suite` with the domain and task as kwargs; other specs are returned as they are."""
+    entry = spec.entry_point
+    if (isinstance(entry, functools.partial) and spec.namespace == "dm_control"
+            and set(entry.keywords) == {"domain_name", "task_name"}):
+        return dataclasses.replace(spec, entry_point=f"{__name__}:dm_control_suite",
+                                   kwargs={**entry.keywords, **spec.kwargs})
+    return spec
+
+
+def flat(env: gym.Env) -> gym.Env:
+    """``env`` with Dict observations flattened into one Box (``FlattenObservation``, which the env's spec
+    records as a wrapper, so a dataset recorded on it is rebuilt flattened); other envs as they are."""
+    return FlattenObservation(env) if isinstance(env.observation_space, gym.spaces.Dict) else env
+
+
+def make_env_from_id(env_id: str, purpose: Purpose = "evaluation") -> gym.Env:
+    """A registered environment with its registered defaults, observations flat (``demos`` records new
+    datasets on one)."""
+    return flat(make_from_spec(storable(_registered(env_id)), purpose))
 
 
 def make_env(meta: dict[str, Any], purpose: Purpose = "evaluation", termination: str = "env") -> gym.Env:
@@ -115,7 +176,9 @@ def check_box_spaces(env_or_dataset: Any, what: str) -> tuple[gym.spaces.Box, gy
     for name in ("observation_space", "action_space"):
         space = getattr(env_or_dataset, name)
         if not isinstance(space, gym.spaces.Box) or len(space.shape) != 1:
-            raise UserError(f"{what}: {name} is {space}; only flat Box spaces are supported")
+            hint = "; record the environment with smiling-cli demos, which flattens Dict observations" \
+                if isinstance(space, gym.spaces.Dict) else ""
+            raise UserError(f"{what}: {name} is {space}; only flat Box spaces are supported{hint}")
         spaces.append(space)
     return spaces[0], spaces[1]
 

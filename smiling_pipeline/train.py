@@ -266,7 +266,7 @@ def train(p: Params, data: ExpertData, expert: Optional[ScoreModel], workdir: Pa
             reward_model.load_state_dict(state["reward_model"])
             refit.iteration = state["iteration"]
         records = Records(state["curve"], state["iterations"], state["pending"])
-        checkpoint.set_env_state(model.get_env(), state["env"])
+        checkpoint.restore_env(model, state["env"], seed=cfg.seed + model.num_timesteps)
         checkpoint.set_rng_state(state["rng"])
         run_id = state["run_id"]
         log.info(f"resuming from the checkpoint at {model.num_timesteps} env steps (MLflow run {run_id})")

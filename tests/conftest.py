@@ -167,16 +167,23 @@ DEMOS_DATASET = "smiling/invertedpendulum/expert-v0"
 DEMOS_EPISODES = 5
 
 
+@contextmanager
+def offline_in(store: Path, cwd: Path) -> Iterator[None]:
+    """For fixtures wider than a test (no ``monkeypatch``): Minari store ``store``, no remote, in ``cwd``."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MINARI_DATASETS_PATH", str(store))
+        mp.setenv("HF_ENDPOINT", UNREACHABLE_ENDPOINT)
+        mp.chdir(cwd)
+        yield
+
+
 @pytest.fixture(scope="session")
 def recorded(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """Train PPO for 40k true-reward steps on InvertedPendulum-v5 and record a real expert dataset
     (the only expert training of the suite, ~25 s; tests that change the store copy it first)."""
     base = tmp_path_factory.mktemp("demos")
     store, workdir = base / "store", base / "w"
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("MINARI_DATASETS_PATH", str(store))
-        mp.setenv("HF_ENDPOINT", UNREACHABLE_ENDPOINT)
-        mp.chdir(base)
+    with offline_in(store, base):
         run = run_cli(["demos", "--env", "InvertedPendulum-v5", "--dataset-id", DEMOS_DATASET, "--algorithm", "ppo",
                        "--expert-steps", "40000", "--episodes", str(DEMOS_EPISODES), "--random-episodes", "20",
                        "--device", "cpu", "--workdir", workdir, "--seed", "0"])

@@ -12,7 +12,7 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import yaml
-from conftest import UNREACHABLE_ENDPOINT, assert_user_error, make_dataset, run_cli
+from conftest import assert_user_error, make_dataset, offline_in, run_cli
 
 from smiling_pipeline.envs import make_env, make_env_from_id
 from smiling_pipeline.errors import UserError
@@ -35,10 +35,7 @@ def modified(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     base = tmp_path_factory.mktemp("modified")
     store, workdir = base / "store", base / "w"
     make_dataset(store, DATASET, "Hopper-v5", episodes=2, max_steps=LIMIT, env_kwargs={"healthy_z_range": Z_RANGE})
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("MINARI_DATASETS_PATH", str(store))
-        mp.setenv("HF_ENDPOINT", UNREACHABLE_ENDPOINT)
-        mp.chdir(base)
+    with offline_in(store, base):
         run = run_cli(["ingest", "--dataset", DATASET, "--workdir", workdir])
     assert run.exit_code == 0, run.output
     return {"store": store, "workdir": workdir}
