@@ -4,13 +4,18 @@ Run from the repository root (one CPU thread; ~10 min per environment on this 2-
   .venv/bin/python studies/reward_screening.py --env halfcheetah --out reports/fidelity/screening
   .venv/bin/python studies/reward_screening.py --env hopper --with-actions --out reports/fidelity/screening
   -> <out>/<env>[-sa].json and .md; the state sets are cached (and committed) in studies/states/<env>.npz
+On a learner's own states (an RL run's replay buffer, 6 stages of its learning, 1,000 rows each):
+  .venv/bin/python studies/reward_screening.py --env halfcheetah --run-buffer \
+      data/sweeps/fid-cheetah-smiling-so-raw-s0/train/checkpoint/replay_buffer.pkl --run-label raw-s0
+  -> <out>/<env>[-sa]-run-<label>.json and .md; the state set in studies/states/<env>-run-<label>.npz
 
 Issue 26: the reward here departs from the official one on several points at once. Before spending RL
 cells, score fixed sets of states whose true rewards are known with each variant: today's default, the
 official reward (rewards.OfficialReward with its preset), and each deviation alone. The state sets are the
 committed expert (data/experts/<env>) acting deterministically with a fraction eps of its actions replaced
 by uniform random ones (eps = 0, 0.25, 0.5, 0.75, 1), and acting stochastically: six policies from expert to
-random, 1,000 states each (not states of an RL learner's run, which this machine has none of committed).
+random, 1,000 states each; or, with --run-buffer, an RL run's own states: its replay buffer cut into six
+stages of learning in time order (1,000 rows drawn from each), the stage's mean true step reward as its "return".
 
 Per variant, with the expert score model pre-trained as the pipeline does (ingest 5,000 states, 20k steps):
 - within: for each policy, a learner score model fit on its own states (2,000 steps), the policy's states
@@ -83,6 +88,32 @@ def collect(env_name: str, seed: int = 0) -> dict[str, np.ndarray]:
         out["returns"].append(np.asarray(np.mean(returns), dtype=np.float32))
         print(f"  policy {kind} eps={eps}: return {np.mean(returns):.0f} over {episode} episodes", flush=True)
     arrays = {k: np.stack(v) for k, v in out.items()}
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(cache, **arrays)
+    return arrays
+
+
+VELOCITY_INDEX = {"hopper": 5, "walker2d": 8, "halfcheetah": 8}  # qvel[0] in the v5 observation
+
+
+def run_states(env_name: str, buffer_path: Path, label: str, stages: int = 6, seed: int = 0) -> dict[str, np.ndarray]:
+    """A run's own states: its replay buffer in ``stages`` time windows, 1,000 rows of each (cached)."""
+    cache = Path("studies/states") / f"{env_name}-run-{label}.npz"
+    if cache.is_file():
+        return dict(np.load(cache))
+    from stable_baselines3.common.save_util import load_from_pkl
+
+    buffer = load_from_pkl(str(buffer_path))
+    filled = buffer.buffer_size if buffer.full else buffer.pos
+    rng = np.random.default_rng(seed)
+    edges = np.linspace(0, filled, stages + 1).astype(int)
+    picks = [np.sort(rng.choice(np.arange(lo, hi), STATES_PER_POLICY, replace=False)) for lo, hi in zip(edges[:-1], edges[1:], strict=True)]
+    idx = np.concatenate(picks)
+    obs, reward = buffer.observations[idx, 0].astype(np.float32), buffer.rewards[idx, 0].astype(np.float32)
+    arrays = {"obs": obs, "act": buffer.actions[idx, 0].astype(np.float32), "reward": reward,
+              "velocity": obs[:, VELOCITY_INDEX[env_name]], "policy": np.repeat(np.arange(stages), STATES_PER_POLICY),
+              "returns": np.array([reward[i * STATES_PER_POLICY:(i + 1) * STATES_PER_POLICY].mean() for i in range(stages)],
+                                  dtype=np.float32)}
     cache.parent.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(cache, **arrays)
     return arrays
@@ -194,10 +225,10 @@ def expert_model(v: Variant, rows: np.ndarray, mean: np.ndarray, std: np.ndarray
     return model
 
 
-def screen(env_name: str, with_actions: bool, pretrain_steps: int, learner_steps: int, only: list[str]) -> list[dict[str, Any]]:
+def screen(env_name: str, with_actions: bool, pretrain_steps: int, learner_steps: int, only: list[str],
+           states: dict[str, np.ndarray]) -> list[dict[str, Any]]:
     torch.set_num_threads(1)
     use_minari_root("data/minari")
-    states = collect(env_name)
     rows = np.concatenate([states["obs"], states["act"]], 1) if with_actions else states["obs"]
     with tempfile.TemporaryDirectory() as tmp:
         ingest(IngestConfig(dataset=f"smiling/{env_name}/expert-v0", with_actions=with_actions), Path(tmp))
@@ -244,16 +275,13 @@ def screen(env_name: str, with_actions: bool, pretrain_steps: int, learner_steps
     return results
 
 
-def write(out: Path, env_name: str, with_actions: bool, results: list[dict[str, Any]], command: str,
+def write(out: Path, name: str, title: str, results: list[dict[str, Any]], command: str, header: str,
           returns: np.ndarray) -> None:
-    name = f"{env_name}{'-sa' if with_actions else ''}"
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{name}.json").write_text(json.dumps({"command": command, "policy_returns": returns.tolist(),
                                                   "results": results}, indent=1))
-    lines = [f"# Reward screening: {ENVS[env_name]} {'state-action' if with_actions else 'state-only'}", "",
-             f"`{command}`", "",
-             "Policies (det eps = 0, 0.25, 0.5, 0.75, 1; stochastic expert), mean returns: "
-             + ", ".join(f"{r:.0f}" for r in returns), "",
+    lines = [f"# Reward screening: {title}", "", f"`{command}`", "",
+             header + ", ".join(f"{r:.2f}" for r in returns), "",
              "| variant | within: corr true reward | within: corr velocity | pooled: corr true | ranking (Spearman) | ms / 1,000 rows |",
              "|---|---:|---:|---:|---:|---:|"]
     lines += [f"| {r['variant']} | {r['within_true']:+.2f} | {r['within_velocity']:+.2f} | {r['pooled_true']:+.2f} | "
@@ -268,13 +296,25 @@ def main() -> None:
     ap.add_argument("--pretrain-steps", type=int, default=20_000)
     ap.add_argument("--learner-steps", type=int, default=2_000)
     ap.add_argument("--only", nargs="*", default=[], help="variant names to run (default: all)")
+    ap.add_argument("--run-buffer", type=Path, help="an RL run's replay_buffer.pkl: screen on its own states")
+    ap.add_argument("--run-label", default="run", help="names the run's state set and report")
     ap.add_argument("--out", type=Path, default=Path("reports/fidelity/screening"))
     args = ap.parse_args()
     command = ("python studies/reward_screening.py --env " + args.env + (" --with-actions" if args.with_actions else "")
                + (f" --pretrain-steps {args.pretrain_steps}" if args.pretrain_steps != 20_000 else "")
-               + (f" --learner-steps {args.learner_steps}" if args.learner_steps != 2_000 else ""))
-    results = screen(args.env, args.with_actions, args.pretrain_steps, args.learner_steps, args.only)
-    write(args.out, args.env, args.with_actions, results, command, collect(args.env)["returns"])
+               + (f" --learner-steps {args.learner_steps}" if args.learner_steps != 2_000 else "")
+               + (f" --run-buffer {args.run_buffer} --run-label {args.run_label}" if args.run_buffer else ""))
+    name = f"{args.env}{'-sa' if args.with_actions else ''}"
+    title = f"{ENVS[args.env]} {'state-action' if args.with_actions else 'state-only'}"
+    if args.run_buffer:
+        states = run_states(args.env, args.run_buffer, args.run_label)
+        name, title = f"{name}-run-{args.run_label}", f"{title}, on the states of run {args.run_label}"
+        header = "Six stages of the run in time order (the 'policies' below), mean true step reward per stage: "
+    else:
+        states = collect(args.env)
+        header = "Policies (det eps = 0, 0.25, 0.5, 0.75, 1; stochastic expert), mean returns: "
+    results = screen(args.env, args.with_actions, args.pretrain_steps, args.learner_steps, args.only, states)
+    write(args.out, name, title, results, command, header, states["returns"])
 
 
 if __name__ == "__main__":
