@@ -209,11 +209,3 @@ def store(recorded, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("MINARI_DATASETS_PATH", str(recorded["store"]))
     return recorded["store"]
 
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Under pytest-xdist (``make test`` runs ``--dist loadgroup``) the tests of a module that shares a module-scoped
-    fixture (a server, a Ray cluster, a browser, a trained run) go to one worker, which builds that fixture once."""
-    for item in items:
-        info = getattr(item, "_fixtureinfo", None)
-        if info and any(d.scope == "module" for defs in info.name2fixturedefs.values() for d in defs):
-            item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::")[0]))
