@@ -8,6 +8,8 @@ set it with ``monkeypatch.setenv`` (the CLI itself also writes it), which restor
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -177,11 +179,8 @@ def offline_in(store: Path, cwd: Path) -> Iterator[None]:
         yield
 
 
-@pytest.fixture(scope="session")
-def recorded(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    """Train PPO for 40k true-reward steps on InvertedPendulum-v5 and record a real expert dataset
-    (the only expert training of the suite, ~25 s; tests that change the store copy it first)."""
-    base = tmp_path_factory.mktemp("demos")
+def _record_expert(base: Path) -> dict:
+    """Train PPO for 40k true-reward steps on InvertedPendulum-v5 and record a real expert dataset in ``base``."""
     store, workdir = base / "store", base / "w"
     with offline_in(store, base):
         run = run_cli(["demos", "--env", "InvertedPendulum-v5", "--dataset-id", DEMOS_DATASET, "--algorithm", "ppo",
@@ -190,9 +189,30 @@ def recorded(tmp_path_factory: pytest.TempPathFactory) -> dict:
     return {"run": run, "store": store, "workdir": workdir}
 
 
+@pytest.fixture(scope="session")
+def recorded(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """The suite's one expert dataset (the only expert training, ~50 s of CPU; tests that change the store copy
+    it first). Under pytest-xdist the first worker to need it records it into the run's shared folder while the
+    others wait for it (the CLI's exception object is not passed on; exit code and output are)."""
+    if "PYTEST_XDIST_WORKER" not in os.environ:
+        return _record_expert(tmp_path_factory.mktemp("demos"))
+    from filelock import FileLock
+
+    base = tmp_path_factory.getbasetemp().parent / "demos"  # the same folder for every worker of this run
+    with FileLock(f"{base}.lock"):
+        outcome = base / "run.json"
+        if not outcome.is_file():
+            base.mkdir(exist_ok=True)
+            run = _record_expert(base)["run"]
+            outcome.write_text(json.dumps({f.name: getattr(run, f.name) for f in dataclasses.fields(run) if f.name != "exception"}))
+        run = Run(**json.loads(outcome.read_text()), exception=None)
+    return {"run": run, "store": base / "store", "workdir": base / "w"}
+
+
 @pytest.fixture
 def store(recorded, monkeypatch: pytest.MonkeyPatch) -> Path:
     """The recorded expert dataset's Minari store, as this test's store."""
     assert recorded["run"].exit_code == 0, recorded["run"].output
     monkeypatch.setenv("MINARI_DATASETS_PATH", str(recorded["store"]))
     return recorded["store"]
+
