@@ -216,3 +216,15 @@ def store(recorded, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("MINARI_DATASETS_PATH", str(recorded["store"]))
     return recorded["store"]
 
+
+
+# The longest test files first (seconds in the last full run), so that under `-n 2 --dist loadfile` neither
+# worker is left with a long file at the end while the other one idles.
+LONGEST_FIRST = ("test_scaleout.py", "test_train.py", "test_reliability.py", "test_chains.py", "test_baselines.py",
+                 "test_remote.py", "test_ds_divergence.py", "test_suites.py", "test_ui.py", "test_compare.py")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Order files longest first (a stable sort: tests keep their order within a file)."""
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
