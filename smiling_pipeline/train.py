@@ -311,9 +311,7 @@ def train(p: Params, data: ExpertData, expert: Optional[ScoreModel], workdir: Pa
                     records.add_iteration(refit(buffer, steps), spec.expert_reward_metric)
             model.logger.dump(steps)  # the RL learner's losses
             if steps % cfg.eval_every == 0 or steps == cfg.steps:
-                result = evaluate_policy(policy_fn(model.policy, data.meta), data.meta, refs, cfg.eval_episodes,
-                                         seed=cfg.seed + 10_000 + len(records.curve) * 100)
-                records.add_evaluation(result, steps)
+                _evaluate(model, data, refs, cfg, records, steps)
             if steps % cfg.checkpoint_every == 0 or steps == cfg.steps:
                 save_checkpoint()  # the final state too, so a finished run can be continued
             bar.set_postfix(_progress(records), refresh=False)
@@ -328,6 +326,13 @@ def train(p: Params, data: ExpertData, expert: Optional[ScoreModel], workdir: Pa
         }
         return _finish(out, folder, p, data, run, model, records.curve,
                        [vars(s) for s in records.iterations], metrics, clock.seconds(), reward_model)
+
+
+def _evaluate(model: Any, data: ExpertData, refs: References, cfg: TrainConfig, records: Records, step: int) -> None:
+    """One evaluation of ``model``'s policy with the true reward, seeded by how many came before it."""
+    result = evaluate_policy(policy_fn(model.policy, data.meta), data.meta, refs, cfg.eval_episodes,
+                             seed=cfg.seed + 10_000 + len(records.curve) * 100)
+    records.add_evaluation(result, step)
 
 
 def _references(data: ExpertData) -> References:
@@ -356,9 +361,7 @@ def _own_run(own: Callable[[Context, Callable[[Any, int], None]], OwnRun], ctx: 
     clock = TrainClock()
 
     def evaluate(model: Any, step: int) -> None:
-        result = evaluate_policy(policy_fn(model.policy, data.meta), data.meta, refs, p.train.eval_episodes,
-                                 seed=p.train.seed + 10_000 + len(records.curve) * 100)
-        records.add_evaluation(result, step)
+        _evaluate(model, data, refs, p.train, records, step)
         records.flush()
 
     with tracking.run("train", data.meta["dataset_id"], settings, _tags(p, data)) as run:
