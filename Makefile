@@ -28,13 +28,14 @@ tracking-server: $(STAMP)
 	$(BIN)/smiling-cli tracking-server
 
 # Two pytest-xdist workers, each taking whole test files (a file's module-scoped server, Ray cluster or browser is built
-# once; --dist loadgroup does not group under pytest 9.2, pytest-xdist issue 1386),
+# once, in conftest.py's order: --no-loadscope-reorder, else xdist sorts files by their number of tests; --dist
+# loadgroup does not group under pytest 9.2, pytest-xdist issue 1386),
 # with the temporary files (MLflow's SQLite stores, PostgreSQL, Ray's session) in memory where /dev/shm has 2 GB free:
 # a new MLflow store alone makes ~1,100 fdatasync calls, seconds of waiting on a disk.
 TEST_TMPDIR := $(shell [ "$$(df -Pk /dev/shm 2>/dev/null | awk 'NR == 2 {print $$4}')" -gt 2000000 ] 2>/dev/null && echo /dev/shm)
 
 test: $(STAMP)
-	$(if $(TEST_TMPDIR),TMPDIR=$(TEST_TMPDIR)) $(BIN)/pytest -q -n 2 --dist loadfile --durations=15
+	$(if $(TEST_TMPDIR),TMPDIR=$(TEST_TMPDIR)) $(BIN)/pytest -q -n 2 --dist loadfile --no-loadscope-reorder --durations=15
 
 lint: $(STAMP)
 	$(BIN)/ruff check smiling_pipeline tests benchmarks studies

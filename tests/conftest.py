@@ -218,10 +218,12 @@ def store(recorded, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 
-# The longest test files first (seconds in the last full run), so that under `-n 2 --dist loadfile` neither
-# worker is left with a long file at the end while the other one idles.
-LONGEST_FIRST = ("test_scaleout.py", "test_train.py", "test_reliability.py", "test_chains.py", "test_baselines.py",
-                 "test_remote.py", "test_ds_divergence.py", "test_suites.py", "test_ui.py", "test_compare.py")
+# The longest test files first (seconds in the last full run), so that under `-n 2 --dist loadfile
+# --no-loadscope-reorder` neither worker is left with a long file at the end while the other one idles. The
+# second file needs no expert dataset: the second worker computes while the first records the `recorded` one.
+LONGEST_FIRST = ("test_scaleout.py", "test_ds_divergence.py", "test_train.py", "test_reliability.py",
+                 "test_chains.py", "test_baselines.py", "test_remote.py", "test_suites.py", "test_ui.py",
+                 "test_compare.py")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
