@@ -503,22 +503,17 @@ def ui(
     port: Annotated[int, typer.Option("--port", min=1, max=65535, help="Port on 127.0.0.1.")] = 5000,
 ) -> None:
     """Open the MLflow UI on the project's store (MLFLOW_TRACKING_URI, else <repo>/mlflow.db)."""
+    from smiling_pipeline.server import open_ui, ui_links
     from smiling_pipeline.tracking import check_store, tracking_uri
 
     uri = tracking_uri()
     check_store(uri)
     if not uri.startswith("sqlite:"):
         raise UserError(f"{uri} is a tracking server: open it in a browser instead")
-    import mlflow
-
-    # MLflow 3.17's web app picks GenAI or model-training pages from ?workflowType= (else the browser's last
-    # choice), not from the experiment's mlflow.experimentKind tag: link the runs pages directly
-    for exp in mlflow.MlflowClient(uri).search_experiments():
-        typer.echo(f"{exp.name}: http://127.0.0.1:{port}/#/experiments/{exp.experiment_id}/runs"
-                   "?workflowType=machine_learning")
+    for line in ui_links(uri, port):
+        typer.echo(line)
     typer.echo(f"MLflow UI on {uri}: http://127.0.0.1:{port} (Ctrl-C stops it)", err=True)
-    os.execvp(sys.executable, [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri,
-                               "--host", "127.0.0.1", "--port", str(port)])
+    open_ui(uri, port)
 
 
 def check_settings(p: C.Params) -> None:

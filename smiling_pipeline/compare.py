@@ -18,7 +18,7 @@ from typing import Optional
 
 import numpy as np
 
-from smiling_pipeline import algorithms
+from smiling_pipeline import algorithms, tracking
 from smiling_pipeline.errors import UserError
 from smiling_pipeline.io import atomic_dir
 from smiling_pipeline.report import plt, short_steps, steps_axis
@@ -116,28 +116,17 @@ def _key(c: RunCurve) -> tuple[str, str, str, str, str, int, int]:
 
 def load_runs(tracking_uri: str, dataset: Optional[str] = None, exp_prefix: Optional[str] = None) -> list[RunCurve]:
     """Finished train runs (latest per dataset/variant/algorithm/config/expert states/seed) with their curves."""
-    import mlflow
-
-    client = mlflow.MlflowClient(tracking_uri=tracking_uri)
-    experiments = [e for e in client.search_experiments() if dataset is None or e.name == dataset]
-    if not experiments:
-        return []
-    runs = client.search_runs([e.experiment_id for e in experiments],
-                              "tags.stage = 'train' and attributes.status = 'FINISHED'",
-                              order_by=["attributes.start_time DESC"], max_results=50_000)
     latest: dict[tuple[str, str, str, str, str, int, int], RunCurve] = {}
-    for r in runs:
-        tags = r.data.tags
-        name = tags.get("dvc_exp") or tags.get("sweep_cell", "")
+    for r in tracking.finished_runs(tracking_uri, "train", dataset):
+        name = r.tags.get("dvc_exp") or r.tags.get("sweep_cell", "")
         if exp_prefix and not name.startswith(exp_prefix):
             continue
-        history = sorted((m.step, m.value) for m in client.get_metric_history(r.info.run_id, "normalized_return"))
-        if not history or "expert_states" not in tags:
+        history = r.history("normalized_return")
+        if not history or "expert_states" not in r.tags:
             continue
-        diagnostics = {k: tuple(sorted((m.step, m.value) for m in client.get_metric_history(r.info.run_id, k)))
-                       for k in DIAGNOSTICS}
-        curve = _curve(tags, tuple(s for s, _ in history), tuple(v for _, v in history), diagnostics,
-                       name or r.info.run_name, r.data.metrics.get("train_seconds"))
+        diagnostics = {k: tuple(r.history(k)) for k in DIAGNOSTICS}
+        curve = _curve(r.tags, tuple(s for s, _ in history), tuple(v for _, v in history), diagnostics,
+                       name or r.name, r.metrics.get("train_seconds"))
         latest.setdefault(_key(curve), curve)
     return list(latest.values())
 

@@ -126,11 +126,8 @@ def _check_file(ref: str) -> None:
 def load_policy(ref: str, algorithm: str = "sac", device: str = "cpu") -> Any:
     """An SB3 policy from a saved ``.zip`` of ``algorithm`` or an MLflow model URI (``models:/...``, ``runs:/...``)."""
     if is_uri(ref):
-        import mlflow.pytorch
-
-        mlflow.set_tracking_uri(tracking.tracking_uri())
         try:
-            return mlflow.pytorch.load_model(ref, map_location=device)
+            return tracking.load_torch_model(ref, device)
         except Exception as e:
             raise UserError(f"cannot load policy {ref} from MLflow: {str(e).splitlines()[0]}") from e
     _check_file(ref)
@@ -169,8 +166,6 @@ def evaluate(p: Params, data: ExpertData, workdir: Path, ref: str, video: Option
     (its ``run.json`` and ``metrics.json``): the evaluate run is named after it, its result is logged at
     that run's last env step, and the policy is registered for the dataset (alias ``champion`` when it
     is the best evaluated so far)."""
-    import mlflow
-
     cfg = p.evaluate
     env_id = recorded_spec(data.meta).id
     policy = load_policy(ref, algorithms.get(p.train.algorithm).policy_rl(p), str(resolve_device(p.runtime.device)))
@@ -185,24 +180,24 @@ def evaluate(p: Params, data: ExpertData, workdir: Path, ref: str, video: Option
         described |= {k: v for k, v in trained.get("tags", {}).items() if k in ("seed", "algorithm", "variant", "linear")}
         described["train_run"] = trained["mlflow_run_id"]
     tags = tracking.run_tags({**described, "policy": ref})
-    with tracking.run("evaluate", dataset_id, {"evaluate": as_dict(cfg), "policy": ref}, tags) as run:
+    with tracking.run("evaluate", dataset_id, {"evaluate": as_dict(cfg), "policy": ref}, tags) as run_id:
         tracking.log_dataset(data.meta, data.train, minari_root() / dataset_id, "evaluation")  # the Dataset column
         result = evaluate_policy(act, data.meta, refs, cfg.episodes, cfg.seed)
         shutil.rmtree(out / "video", ignore_errors=True)  # no earlier run's episode passes for this one's
         (out / "video").mkdir(parents=True)  # empty without a recording: the DVC stage declares the folder
         if record:
             for path in record_episode(act, data.meta, cfg.seed, out / "video"):
-                mlflow.log_artifact(str(path), "video")
+                tracking.log_artifact(path, "video")
         tracking.log_metrics({"normalized_return": result.normalized_return, "return_mean": result.return_mean,
                               "return_std": result.return_std}, step=int(trained["env_steps"]) if trained else 0)
         numbers = {k: v for k, v in result.as_dict().items() if k != "reference_source"}
         metrics = {**numbers, "reference_random": refs.random, "reference_expert": refs.expert}
-        info = {"dataset_id": dataset_id, "env_id": env_id, "policy": ref, "mlflow_run_id": run.info.run_id,
+        info = {"dataset_id": dataset_id, "env_id": env_id, "policy": ref, "mlflow_run_id": run_id,
                 "reference_source": refs.source}
         if trained and trained.get("policy_uri"):
-            name, version, champion = tracking.promote(trained["policy_uri"], dataset_id, result.normalized_return)
-            info |= {"registered_model": f"models:/{name}/{version}", "champion": champion,
-                     "champion_uri": f"models:/{name}@{tracking.CHAMPION}"}
+            registered, champion_uri, champion = tracking.promote(trained["policy_uri"], dataset_id,
+                                                                  result.normalized_return)
+            info |= {"registered_model": registered, "champion": champion, "champion_uri": champion_uri}
         write_json(out / "metrics.json", metrics)
         write_json(out / "run.json", info)
     return {**metrics, **info}

@@ -24,8 +24,6 @@ MODEL_FILE = "expert_score.pt"
 
 def pretrain(p: Params, data: ExpertData, out: Path) -> dict[str, Any]:
     """Fit the expert score model on ``data``; write it to ``out`` and log curves and model to MLflow."""
-    import mlflow
-
     cfg = p.pretrain
     device = resolve_device(p.runtime.device)
     dtype = resolve_precision(p.runtime.precision, device)
@@ -36,7 +34,7 @@ def pretrain(p: Params, data: ExpertData, out: Path) -> dict[str, Any]:
                 "runtime": {"precision": dtype_name(dtype)}}
     tags = tracking.run_tags({"seed": cfg.seed, "algorithm": "smiling", "linear": p.score.linear,
                               "variant": "state-action" if data.meta["with_actions"] else "state-only"})
-    with tracking.run("pretrain", dataset_id, settings, tags) as run:
+    with tracking.run("pretrain", dataset_id, settings, tags) as run_id:
         tracking.log_dataset(data.meta, data.train, minari_root() / dataset_id, "training")
         _, history = fit(
             model, data.train,
@@ -48,14 +46,14 @@ def pretrain(p: Params, data: ExpertData, out: Path) -> dict[str, Any]:
                                                    "made_with": made_with(p)})
         plot = plot_curves(out / "loss.png", f"Expert score model: {dataset_id}", "step",
                            "denoising loss", {"train": history.train, "validation": history.val}, yscale="log")
-        mlflow.log_artifact(str(plot))
+        tracking.log_artifact(plot)
         uri = tracking.log_torch_model(model.cpu(), "expert_score_model")
         metrics: dict[str, Any] = {
             "final_train_loss": history.train[-1][1],
             "final_val_loss": history.val[-1][1] if history.val else None,
             "steps": cfg.steps,
         }
-        info = {"dataset_id": dataset_id, "model_uri": uri, "mlflow_run_id": run.info.run_id}
+        info = {"dataset_id": dataset_id, "model_uri": uri, "mlflow_run_id": run_id}
         write_json(out / "metrics.json", metrics)
         write_json(out / "run.json", info)
         write_json(out / "loss.json", {"train": history.train, "val": history.val})

@@ -3,7 +3,8 @@
 Many concurrent writers need a tracking server backed by a real database (a shared sqlite file
 fails with "database is locked"). ``postgres`` runs a private PostgreSQL cluster in a folder (made
 with ``initdb`` on first use), ``mlflow_server`` serves the store and proxies artifacts, so a node
-only needs the server's URL. ``smiling-cli tracking-server`` and the tests start both from here.
+only needs the server's URL. ``smiling-cli tracking-server`` and the tests start both from here;
+``smiling-cli ui`` runs the MLflow UI from here too.
 """
 
 from __future__ import annotations
@@ -19,7 +20,9 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import NoReturn
 
+from smiling_pipeline import tracking
 from smiling_pipeline.errors import UserError
 
 DB_USER, DB_NAME = "smiling", "mlflow"
@@ -126,3 +129,17 @@ def tracking_server(folder: Path, port: int = 5000, db_port: int = 5433) -> Iter
     """PostgreSQL in ``folder/postgres`` and an MLflow server with artifacts in ``folder/artifacts``."""
     with postgres(folder / "postgres", db_port) as db, mlflow_server(db, folder / "artifacts", port) as url:
         yield url
+
+
+def ui_links(uri: str, port: int) -> list[str]:
+    """``<experiment>: <url>`` of each experiment's runs page in the UI on ``port``. MLflow 3.17's web app
+    picks GenAI or model-training pages from ``?workflowType=`` (else the browser's last choice), not from
+    the experiment's ``mlflow.experimentKind`` tag, so the links name the runs pages directly."""
+    return [f"{name}: http://127.0.0.1:{port}/#/experiments/{eid}/runs?workflowType=machine_learning"
+            for name, eid in tracking.experiments(uri)]
+
+
+def open_ui(uri: str, port: int) -> NoReturn:
+    """Replace this process with ``mlflow ui`` on the store ``uri``, on 127.0.0.1:``port``."""
+    os.execvp(sys.executable, [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri,
+                               "--host", "127.0.0.1", "--port", str(port)])

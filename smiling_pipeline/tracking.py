@@ -1,5 +1,9 @@
 """MLflow tracking: one store per repository (also from DVC experiment copies), one experiment per dataset.
 
+This module is the package's one seam to the tracking backend: the stages, ``compare`` and the CLI call
+its functions and never import ``mlflow`` (``tests/test_architecture.py`` checks it; ``server`` runs the
+MLflow server and UI programs). Another backend is another module with these functions.
+
 The store is ``$MLFLOW_TRACKING_URI`` or ``sqlite:///<repo>/mlflow.db`` with artifacts in
 ``<repo>/mlruns``, where ``<repo>`` is the repository even when DVC runs a queued experiment in a
 copy under ``.dvc/tmp/exps/``. Creating the store and experiments happens under a file lock,
@@ -14,6 +18,7 @@ import subprocess
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, TypeVar
 from urllib.parse import urlparse
@@ -169,9 +174,9 @@ def run_name(stage: str, tags: dict[str, str]) -> str:
 
 @contextmanager
 def run(stage: str, dataset_id: str, params: dict[str, Any], tags: Optional[dict[str, str]] = None,
-        run_id: Optional[str] = None) -> Iterator[Any]:
-    """An MLflow run of ``stage`` on ``dataset_id`` with the settings as params, standard tags and a
-    readable name, nested under the run of its pipeline execution when there is one.
+        run_id: Optional[str] = None) -> Iterator[str]:
+    """An MLflow run of ``stage`` on ``dataset_id`` (its id is yielded) with the settings as params, standard
+    tags and a readable name, nested under the run of its pipeline execution when there is one.
 
     A stage that fails ends its run as FAILED with the error's first line in the tag ``error`` (KILLED
     when interrupted), so the UI never shows a half-finished run as finished or running.
@@ -190,7 +195,7 @@ def run(stage: str, dataset_id: str, params: dict[str, Any], tags: Optional[dict
         try:
             if run_id is None:
                 mlflow.log_params(_flatten(params))
-            yield active
+            yield active.info.run_id
         except BaseException as e:
             mlflow.set_tag("error", (f"{type(e).__name__}: {e}".splitlines() or [type(e).__name__])[0][:500])
             _end_parent(active, "FAILED")
@@ -226,7 +231,8 @@ CHAMPION = "champion"
 
 def promote(model_uri: str, dataset_id: str, normalized_return: float) -> tuple[str, str, bool]:
     """Register a policy under the dataset's model name; it takes the alias ``champion`` when its
-    evaluated normalized return beats the current champion's. Returns (name, version, champion)."""
+    evaluated normalized return beats the current champion's. Returns the registered version's URI, the
+    champion's URI, and whether this version is now the champion."""
     import mlflow
 
     name = dataset_id.replace("/", "-") + "-policy"
@@ -239,7 +245,7 @@ def promote(model_uri: str, dataset_id: str, normalized_return: float) -> tuple[
         best = float("-inf")
     if normalized_return > best:
         client.set_registered_model_alias(name, CHAMPION, version)
-    return name, str(version), normalized_return > best
+    return f"models:/{name}/{version}", f"models:/{name}@{CHAMPION}", normalized_return > best
 
 
 def attach_files(run_id: str, files: list[Path], artifact_path: str) -> bool:
@@ -331,3 +337,62 @@ def log_metrics(metrics: dict[str, float], step: int) -> None:
     values = {k: float(v) for k, v in metrics.items() if v is not None}
     if values:
         mlflow.log_metrics(values, step=step)
+
+
+def load_torch_model(uri: str, device: str) -> Any:
+    """The ``nn.Module`` logged at ``uri`` (``models:/...``, ``runs:/...``) in the project's store, on ``device``."""
+    import mlflow.pytorch
+
+    mlflow.set_tracking_uri(tracking_uri())
+    return mlflow.pytorch.load_model(uri, map_location=device)
+
+
+def log_artifact(path: Path, subdir: Optional[str] = None) -> None:
+    """Add the file ``path`` to the active run's artifacts (under ``subdir`` when given)."""
+    import mlflow
+
+    mlflow.log_artifact(str(path), subdir)
+
+
+def set_tag(key: str, value: str) -> None:
+    """Set a tag of the active run."""
+    import mlflow
+
+    mlflow.set_tag(key, value)
+
+
+@dataclass(frozen=True)
+class StoredRun:
+    """A finished run read back from a store: its id, name, tags and last metric values; ``history(key)``
+    reads one metric's (step, value) pairs, sorted, only when asked (a store holds thousands of runs)."""
+
+    run_id: str
+    name: str
+    tags: dict[str, str]
+    metrics: dict[str, float]
+    history: Callable[[str], list[tuple[int, float]]]
+
+
+def finished_runs(uri: str, stage: str, dataset: Optional[str] = None) -> list[StoredRun]:
+    """The FINISHED runs of ``stage`` in the store ``uri`` (only ``dataset``'s experiment when given), newest first."""
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    experiments = [e.experiment_id for e in client.search_experiments() if dataset is None or e.name == dataset]
+    if not experiments:
+        return []
+    found = client.search_runs(experiments, f"tags.stage = '{stage}' and attributes.status = 'FINISHED'",
+                               order_by=["attributes.start_time DESC"], max_results=50_000)
+
+    def reader(run_id: str) -> Callable[[str], list[tuple[int, float]]]:
+        return lambda key: sorted((m.step, m.value) for m in client.get_metric_history(run_id, key))
+
+    return [StoredRun(r.info.run_id, r.info.run_name, r.data.tags, r.data.metrics, reader(r.info.run_id))
+            for r in found]
+
+
+def experiments(uri: str) -> list[tuple[str, str]]:
+    """The (name, id) of every experiment in the store ``uri``."""
+    import mlflow
+
+    return [(e.name, e.experiment_id) for e in mlflow.MlflowClient(uri).search_experiments()]

@@ -173,22 +173,20 @@ def _tags(p: Params, data: ExpertData) -> dict[str, str]:
                       "expert_states": data.meta["train_rows"] + data.meta["val_rows"]})
 
 
-def _finish(out: Path, folder: Path, p: Params, data: ExpertData, run: Any, policy: Any,
+def _finish(out: Path, folder: Path, p: Params, data: ExpertData, run_id: str, policy: Any,
             curve: list[dict[str, float]], iterations: list[dict[str, float]], metrics: dict[str, Any],
             train_seconds: float, reward_model: Optional[RewardModel] = None) -> dict[str, Any]:
     """Write the policy, records and plot, and log the policy (and reward model) to MLflow. The training
     time goes to ``run.json`` (what made the run), so ``metrics.json`` stays the same for the same seed."""
-    import mlflow
-
     spec = algorithms.get(p.train.algorithm)
     info = {"dataset_id": data.meta["dataset_id"], "env_id": data.meta["env_id"], "algorithm": p.train.algorithm,
             "tags": _tags(p, data), "train_seconds": round(train_seconds, 1),
-            "mlflow_run_id": run.info.run_id, "policy_uri": tracking.log_torch_model(policy.policy.cpu(), "policy")}
+            "mlflow_run_id": run_id, "policy_uri": tracking.log_torch_model(policy.policy.cpu(), "policy")}
     policy.save(out / "policy.zip")
     if reward_model is not None:
         name, network = reward_model.save(out / "reward_model.pt")
         info["reward_model_uri"] = tracking.log_torch_model(network.cpu(), name)
-    mlflow.log_metric("train_seconds", info["train_seconds"])
+    tracking.log_metrics({"train_seconds": info["train_seconds"]}, step=0)
     _write_csv(folder / "learning_curve.csv", curve)
     _write_csv(folder / "iterations.csv", iterations, [f.name for f in dataclasses.fields(IterationStats)])
     write_json(folder / "metrics.json", metrics)
@@ -196,7 +194,7 @@ def _finish(out: Path, folder: Path, p: Params, data: ExpertData, run: Any, poli
     plot = plot_curves(out / "learning_curve.png", f"{spec.label} on {data.meta['dataset_id']}", spec.budget_unit,
                        "normalized return", {p.train.algorithm: [(r["env_steps"], r["normalized_return"]) for r in curve]},
                        hline=1.0)
-    mlflow.log_artifact(str(plot))
+    tracking.log_artifact(plot)
     return {**metrics, **info}
 
 
@@ -259,7 +257,7 @@ def train(p: Params, data: ExpertData, expert: Optional[ScoreModel], workdir: Pa
     buffer = attach(model, reward_model, cfg) if reward_model else None
     refit = LearnerRefit(reward_model, cfg, data.val if len(data.val) else data.train) if reward_model else None
     records = Records()
-    run_id = None
+    resume_id = None
     clock = TrainClock(state.get("train_seconds", 0.0) if state else 0.0)
     if state is not None:
         if reward_model is not None and refit is not None:
@@ -268,8 +266,8 @@ def train(p: Params, data: ExpertData, expert: Optional[ScoreModel], workdir: Pa
         records = Records(state["curve"], state["iterations"], state["pending"])
         checkpoint.restore_env(model, state["env"], seed=cfg.seed + model.num_timesteps)
         checkpoint.set_rng_state(state["rng"])
-        run_id = state["run_id"]
-        log.info(f"resuming from the checkpoint at {model.num_timesteps} env steps (MLflow run {run_id})")
+        resume_id = state["run_id"]
+        log.info(f"resuming from the checkpoint at {model.num_timesteps} env steps (MLflow run {resume_id})")
     started_with = state["settings"]["train"]["steps"] if state is not None else cfg.steps  # a budget extended?
     model.set_logger(Logger(folder=None, output_formats=[LossWriter(records, cfg.rl)]))
 
@@ -287,14 +285,12 @@ def train(p: Params, data: ExpertData, expert: Optional[ScoreModel], workdir: Pa
                 "settings": settings, "train_seconds": clock.seconds()})
         records.flush()
 
-    with tracking.run("train", data.meta["dataset_id"], settings, _tags(p, data), run_id=run_id) as run:
+    with tracking.run("train", data.meta["dataset_id"], settings, _tags(p, data), run_id=resume_id) as run_id:
         if state is not None:
-            records.flush(tracking.logged_until(run.info.run_id))
+            records.flush(tracking.logged_until(run_id))
         if started_with != cfg.steps:  # MLflow params cannot change: the run's params keep its first budget
-            import mlflow
-
             log.info(f"extending the run from {started_with} to {cfg.steps} env steps")
-            mlflow.set_tag("extended", f"train.steps {started_with} -> {cfg.steps}")
+            tracking.set_tag("extended", f"train.steps {started_with} -> {cfg.steps}")
         else:
             tracking.log_dataset(data.meta, data.train, minari_root() / data.meta["dataset_id"], "training")
         bar = tqdm(total=cfg.steps, initial=model.num_timesteps, desc=spec.label, unit="step",
@@ -324,7 +320,7 @@ def train(p: Params, data: ExpertData, expert: Optional[ScoreModel], workdir: Pa
             "reward_evaluations": reward_model.evaluations if reward_model else 0,
             "iterations": refit.iteration if refit else 0,
         }
-        return _finish(out, folder, p, data, run, model, records.curve,
+        return _finish(out, folder, p, data, run_id, model, records.curve,
                        [vars(s) for s in records.iterations], metrics, clock.seconds(), reward_model)
 
 
@@ -364,10 +360,10 @@ def _own_run(own: Callable[[Context, Callable[[Any, int], None]], OwnRun], ctx: 
         _evaluate(model, data, refs, p.train, records, step)
         records.flush()
 
-    with tracking.run("train", data.meta["dataset_id"], settings, _tags(p, data)) as run:
+    with tracking.run("train", data.meta["dataset_id"], settings, _tags(p, data)) as run_id:
         tracking.log_dataset(data.meta, data.train, minari_root() / data.meta["dataset_id"], "training")
         result = own(ctx, evaluate)
         metrics = {**result.metrics, "final_normalized_return": records.curve[-1]["normalized_return"],
                    "best_normalized_return": max(r["normalized_return"] for r in records.curve)}
         out.mkdir(parents=True, exist_ok=True)
-        return _finish(out, folder, p, data, run, result.model, records.curve, [], metrics, clock.seconds())
+        return _finish(out, folder, p, data, run_id, result.model, records.curve, [], metrics, clock.seconds())

@@ -83,3 +83,33 @@ def test_the_layer_check_sees_imports_of_the_algorithms_package(tmp_path):
     probe.write_text("from smiling_pipeline import algorithms\nfrom smiling_pipeline.algorithms import dac, get\n"
                      "from smiling_pipeline.algorithms.base import Algorithm\n")
     assert package_imports(probe, "sweep") == {"algorithms", "algorithms.dac", "algorithms.base"}
+
+
+# The one seam to the tracking backend: only these modules may import it (docs/architecture.md, "Tracking").
+TRACKING_BACKEND, BACKEND_MODULES = "mlflow", {"tracking", "server"}
+
+
+def imports_of(path: Path, top: str) -> set[str]:
+    """The modules of the library ``top`` (``top`` or ``top.x...``) that ``path`` imports anywhere."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            found.add(node.module)
+        elif isinstance(node, ast.Import):
+            found.update(a.name for a in node.names)
+    return {m for m in found if m == top or m.startswith(top + ".")}
+
+
+def test_only_the_tracking_seam_imports_mlflow():
+    """Stages, comparison and the CLI go through ``tracking``'s functions, so another backend is one module."""
+    importers = {module: sorted(imports_of(module_path(module), TRACKING_BACKEND))
+                 for module in ORDER if module not in BACKEND_MODULES}
+    assert not {m: found for m, found in importers.items() if found}
+    assert imports_of(module_path("tracking"), TRACKING_BACKEND)
+
+
+def test_the_tracking_check_sees_function_level_and_submodule_imports(tmp_path):
+    probe = tmp_path / "evaluate.py"
+    probe.write_text("import mlflowish\ndef f():\n    import mlflow.pytorch\n    from mlflow import MlflowClient\n"
+                     "    from mlflow.entities import Run\n")
+    assert imports_of(probe, "mlflow") == {"mlflow.pytorch", "mlflow", "mlflow.entities"}

@@ -239,6 +239,11 @@ def test_cli_chain_writes_outputs_and_mlflow_records(store, tmp_path):
     assert [m.step for m in history] == [300, 600]
     assert len(client.get_metric_history(runs["pretrain"].info.run_id, "val_loss")) == 3
     assert "normalized_return" in runs["evaluate"].data.metrics
+    assert [(m.step, m.value) for m in client.get_metric_history(runs["train"].info.run_id, "train_seconds")] == [
+        (0, info["train_seconds"])]
+    assert info["mlflow_run_id"] == runs["train"].info.run_id
+    assert "loss.png" in {a.path for a in client.list_artifacts(runs["pretrain"].info.run_id)}
+    assert "learning_curve.png" in {a.path for a in client.list_artifacts(runs["train"].info.run_id)}
     policy = mlflow.pytorch.load_model(info["policy_uri"])
     action, _ = policy.predict(np.zeros(4, dtype=np.float32), deterministic=True)
     assert action.shape == (1,) and -3.0 <= float(action[0]) <= 3.0
@@ -360,6 +365,10 @@ def check_the_runs_in_the_mlflow_ui(repo: Path) -> None:
                                                                                                "video/frames.png"}
     champion = client.get_model_version_by_alias("smiling-invertedpendulum-expert-v0-policy", "champion")
     assert int(champion.version) == 1 and champion.tags["normalized_return"]
+    evaluated = json.loads((repo / "data" / "pipeline" / "evaluate" / "run.json").read_text())
+    assert evaluated["mlflow_run_id"] == stages["evaluate"].info.run_id and evaluated["champion"] is True
+    assert evaluated["registered_model"] == "models:/smiling-invertedpendulum-expert-v0-policy/1"
+    assert evaluated["champion_uri"] == "models:/smiling-invertedpendulum-expert-v0-policy@champion"
 
 
 def test_every_dvc_stage_depends_on_the_whole_package():
