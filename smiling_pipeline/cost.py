@@ -113,11 +113,18 @@ def reward(
             - model_errors(expert, x_raw, grid_terms(expert, draws, dtype)))
 
 
+CLIP_STD = 3.0  # cost.reward_norm: clip bounds a standardised reward at this many std
+
+
 def normalize_rewards(r: torch.Tensor, cfg: CostConfig) -> torch.Tensor:
-    """Per-batch normalisation as in the paper (mean 0, std ``reward_std``) or none."""
+    """Per-batch normalisation to mean 0, std ``reward_std``: of the rewards as in the paper (``batch``), of their
+    ranks (``rank``), clipped at ``CLIP_STD`` (``clip``), or none."""
     if cfg.reward_norm == "none":
         return r
-    return (r - r.mean()) / (r.std(correction=0) + 1e-8) * cfg.reward_std
+    if cfg.reward_norm == "rank":
+        r = torch.argsort(torch.argsort(r)).to(r.dtype)
+    z = (r - r.mean()) / (r.std(correction=0) + 1e-8)
+    return (z.clamp(-CLIP_STD, CLIP_STD) if cfg.reward_norm == "clip" else z) * cfg.reward_std
 
 
 def fit_annealed(model: ScoreModel, x: np.ndarray, steps: int, seed: int = 0, every: int = 25) -> ScoreModel:

@@ -216,9 +216,10 @@ class OfficialReward(ScoreMatchingReward):
         return r.view(k, b).mean(0)
 
     def normalize_batch(self, r: torch.Tensor) -> torch.Tensor:
-        """The official ``reward_fn``: ``(r - mean) / (std + 1e-6) * target_std`` with the unbiased std."""
-        if self.cfg.reward_norm == "none":
-            return r
+        """The official ``reward_fn``: ``(r - mean) / (std + 1e-6) * target_std`` with the unbiased std (other
+        ``cost.reward_norm`` choices as for the fast estimator)."""
+        if self.cfg.reward_norm != "batch":
+            return super().normalize_batch(r)
         return (r - r.mean()) / (r.std() + 1e-6) * self.cfg.reward_std
 
     def state_dict(self) -> dict[str, Any]:

@@ -43,7 +43,8 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from smiling_pipeline.config import IngestConfig, Params, apply_presets
+from smiling_pipeline.config import CostConfig, IngestConfig, Params, apply_presets
+from smiling_pipeline.cost import normalize_rewards
 from smiling_pipeline.cost import reward as fresh_reward
 from smiling_pipeline.demos import load_expert, use_minari_root
 from smiling_pipeline.ingest import ingest, load_expert_data, mean_std
@@ -145,7 +146,7 @@ class Variant:
     params: Params
     demos: str = "deterministic"  # or stochastic
     draws: str = "run"  # run: one draw set for the whole screening (training's default) | batch: new draws per batch
-    norm: str = "std"  # std (the paper's), rank, clip (standardised, clipped at 3)
+    norm: str = "batch"  # cost.reward_norm of the batches: batch (the paper's), rank, clip
 
 
 def variants() -> list[Variant]:
@@ -173,14 +174,6 @@ def variants() -> list[Variant]:
     ]
 
 
-def normalise(r: np.ndarray, how: str, std: float = 0.1) -> np.ndarray:
-    """One batch's rewards as SAC would see them under ``how``."""
-    if how == "rank":
-        r = np.argsort(np.argsort(r)).astype(np.float64)
-    z = (r - r.mean()) / (r.std() + 1e-8)
-    return (np.clip(z, -3, 3) if how == "clip" else z) * std
-
-
 def scorer(v: Variant, expert: ScoreModel, learner: ScoreModel, seed: int) -> Callable[[torch.Tensor], np.ndarray]:
     """Unnormalised rewards of one batch under the variant's estimator, with ``learner`` as the learner model."""
     if v.draws == "batch":
@@ -198,7 +191,7 @@ def batched(score: Callable[[torch.Tensor], np.ndarray], rows: np.ndarray, how: 
     for i in range(0, len(rows), BATCH):
         idx = order[i : i + BATCH]
         r = score(torch.as_tensor(rows[idx]))
-        raw[idx], norm[idx] = r, normalise(r, how)
+        raw[idx], norm[idx] = r, normalize_rewards(torch.as_tensor(r, dtype=torch.float64), CostConfig(reward_norm=how)).numpy()
     return norm, raw
 
 

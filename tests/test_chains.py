@@ -68,7 +68,7 @@ EXTREMES: dict[str, dict[str, list[Any]]] = {
               "normalize": [True, False], "beta_schedule": ["linear", "cosine"]},
     "pretrain": {"steps": [1, 2, 20], "batch_size": [1, 64, 100_000], "eval_every": [1, 10_000]},
     "cost": {"timesteps": [1, 2, 200], "antithetic": [True, False], "draws": ["run", "refit"],
-             "reward_norm": ["batch", "none"], "estimator": ["fast", "official"]},
+             "reward_norm": ["batch", "rank", "clip", "none"], "estimator": ["fast", "official"]},
     "train": {"algorithm": ["smiling", "smiling", "dac", "bc"], "rl": ["sac", "td3", "ddpg"],
               "learning_starts": [1, 20], "iteration_steps": [1, 20, 10_000], "batch_size": [1, 100_000],
               "learner_window": [2, None], "learner_fit_steps": [1, 5], "learner_batch_size": [1, 100_000],
