@@ -272,6 +272,28 @@ class BaselinesConfig(_Section):
 
 
 @dataclass(frozen=True)
+class IQLearnConfig(_Section):
+    """IQ-Learn's own learner (train.algorithm: iqlearn), in place of train.net, train.lr and train.ent_coef."""
+
+    section: ClassVar[str] = "iqlearn"
+
+    # Defaults are the authors' MuJoCo settings (Div99/IQ-Learn conf/agent/sac.yaml, conf/env/*.yaml,
+    # scripts/run_mujoco.sh): 256x256 networks, one Q network, actor lr 3e-5, critic lr 3e-4, a fixed
+    # temperature of 0.01, the chi^2 regulariser's alpha 0.5.
+    net: tuple[int, ...] = field(default=(256, 256), metadata={"min": 1, "nonempty": True})
+    critics: int = _within(1, 2, 1)  # Q networks: 1 (the authors' MuJoCo SingleQCritic) or 2 (SAC's twin, averaged)
+    actor_lr: float = _above(0, 3e-5)
+    critic_lr: float = _above(0, 3e-4)
+    init_temp: float = _above(0, 0.01)  # the entropy coefficient (its start when learn_temp)
+    learn_temp: bool = False  # true: SAC's temperature learning from init_temp
+    alpha: float = _above(0, 0.5)  # the chi^2 term is 1 / (4 alpha) E[(Q - gamma V')^2]
+    # What follows a terminal step (a fall) in the critic's targets. zero: nothing (value 0, the authors'), which
+    # with the learner's negative implicit rewards makes falling the best action; bootstrap: the soft value of
+    # the state it leads to, as after a time limit (docs/baselines.md measures both).
+    terminal: Literal["bootstrap", "zero"] = "bootstrap"
+
+
+@dataclass(frozen=True)
 class EvaluateConfig(_Section):
     """Final evaluation with the true environment reward."""
 
@@ -294,6 +316,7 @@ class Params:
     cost: CostConfig = field(default_factory=CostConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     baselines: BaselinesConfig = field(default_factory=BaselinesConfig)
+    iqlearn: IQLearnConfig = field(default_factory=IQLearnConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
 
 

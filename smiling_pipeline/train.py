@@ -132,9 +132,10 @@ def _write_csv(path: Path, rows: list[dict[str, Any]], fields: Optional[list[str
 
 
 def build_model(cfg: TrainConfig, env: gym.Env, device: torch.device, resume_from: Optional[Path],
-                spec: Algorithm) -> Any:
-    """The SB3 learner (``train.rl``, or the method's own), with the relabelling replay buffer where the
-    method has a reward: new, or loaded from a checkpoint folder."""
+                spec: Algorithm, own: Optional[dict[str, Any]] = None) -> Any:
+    """The SB3 learner (``train.rl``, or the method's own, built with its ``own`` settings in place of
+    train's), with the relabelling replay buffer where the method has a reward: new, or loaded from a
+    checkpoint folder."""
     algo = spec.learner() if spec.learner else ALGORITHMS[cfg.rl]
     if resume_from is not None:
         try:
@@ -148,9 +149,9 @@ def build_model(cfg: TrainConfig, env: gym.Env, device: torch.device, resume_fro
         return model
     extra = {"ent_coef": cfg.ent_coef, "target_update_interval": cfg.target_update_interval} \
         if issubclass(algo, ALGORITHMS["sac"]) else {}
-    return algo("MlpPolicy", env, **extra, learning_rate=cfg.lr, buffer_size=cfg.steps + 1,
-                learning_starts=cfg.learning_starts, batch_size=cfg.batch_size, gamma=cfg.gamma,
-                policy_kwargs={"net_arch": list(cfg.net)}, seed=cfg.seed, device=device, verbose=0,
+    settings = {**extra, "learning_rate": cfg.lr, "policy_kwargs": {"net_arch": list(cfg.net)}, **(own or {})}
+    return algo("MlpPolicy", env, **settings, buffer_size=cfg.steps + 1, learning_starts=cfg.learning_starts,
+                batch_size=cfg.batch_size, gamma=cfg.gamma, seed=cfg.seed, device=device, verbose=0,
                 replay_buffer_class=SmilingReplayBuffer if spec.reward else ReplayBuffer)
 
 
@@ -247,7 +248,8 @@ def train(p: Params, data: ExpertData, expert: Optional[ScoreModel], workdir: Pa
         return _own_run(spec.run, ctx, _references(data), out, folder, settings)
 
     reward_model = spec.reward(ctx) if spec.reward else None
-    model = build_model(cfg, env, device, out / "checkpoint" if state else None, spec)
+    model = build_model(cfg, env, device, out / "checkpoint" if state else None, spec,
+                        spec.learner_settings(p) if spec.learner_settings else None)
     if spec.prepare:
         spec.prepare(model, ctx)
     if model.num_timesteps > cfg.steps:

@@ -134,7 +134,7 @@ def tiny_params(path, **train):
     data = {"ingest": {"dataset": DEMOS_DATASET, "num_states": 2000, "with_actions": True},
             "train": {"steps": 600, "learning_starts": 200, "iteration_steps": 200, "learner_fit_steps": 30,
                       "eval_every": 300, "eval_episodes": 2, "checkpoint_every": 600, "net": [32, 32], **train},
-            "baselines": {"dac_hidden": 32, "bc_steps": 400}, "evaluate": {"video": False}}
+            "baselines": {"dac_hidden": 32, "bc_steps": 400}, "iqlearn": {"net": [32, 32]}, "evaluate": {"video": False}}
     path.write_text(yaml.safe_dump(data))
     return path
 

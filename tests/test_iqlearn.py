@@ -87,3 +87,44 @@ def test_iqlearn_never_reads_the_environment_reward_and_state_only_uses_the_lear
     model.train(gradient_steps=5, batch_size=8)
     assert all(torch.isfinite(p).all() for p in model.policy.parameters())
     assert model._n_updates == 5
+
+
+def test_iqlearn_terminal_rows_end_the_targets_with_zero_and_not_with_bootstrap():
+    model = learner(learning_starts=1000)
+    model.learn(64)
+    rows = torch.zeros(50, 4)
+    model.expert = iqlearn.ExpertTransitions(rows, None, rows, torch.ones(50, 1))  # every expert row terminal
+    model.expert_generator = torch.Generator().manual_seed(0)
+    assert model.terminal == "zero" and model.mixed_batch(8).dones[8:].eq(1).all()  # the authors': value 0 after
+    model.terminal = "bootstrap"
+    assert model.mixed_batch(8).dones.eq(0).all()  # the next state's value follows every row
+
+
+def test_iqlearn_learner_is_built_with_its_own_settings_and_keeps_them_through_a_checkpoint(tmp_path):
+    import dataclasses
+
+    from smiling_pipeline import algorithms
+    from smiling_pipeline.config import IQLearnConfig, Params, TrainConfig
+    from smiling_pipeline.train import build_model
+
+    spec = algorithms.get("iqlearn")
+    p = dataclasses.replace(Params(), iqlearn=IQLearnConfig(net=(24, 24), critics=1, actor_lr=1e-5, critic_lr=2e-4,
+                                                            init_temp=0.02, learn_temp=False, alpha=0.25,
+                                                            terminal="zero"))
+    cfg = TrainConfig(algorithm="iqlearn", steps=80, learning_starts=40, batch_size=8, net=(64, 64), lr=3e-4)
+    env = gym.make("InvertedPendulum-v5")
+    model = build_model(cfg, env, torch.device("cpu"), None, spec, spec.learner_settings(p))
+    assert len(model.critic.q_networks) == 1 and model.critic.q_networks[0][0].out_features == 24
+    assert model.log_ent_coef is None and float(model.ent_coef_tensor) == pytest.approx(0.02)
+    rows = torch.zeros(20, 4)
+    model.expert = iqlearn.ExpertTransitions(rows, None, rows, torch.zeros(20, 1))
+    model.expert_generator = torch.Generator().manual_seed(0)
+    model.learn(60)  # 20 updates
+    assert model.actor.optimizer.param_groups[0]["lr"] == pytest.approx(1e-5)
+    assert model.critic.optimizer.param_groups[0]["lr"] == pytest.approx(2e-4)
+    model.save(tmp_path / "model.zip")
+    loaded = iqlearn.learner().load(tmp_path / "model.zip", env=env, device="cpu")
+    assert (loaded.actor_lr, loaded.chi2_alpha, loaded.terminal) == (1e-5, 0.25, "zero")
+    learned = dataclasses.replace(p, iqlearn=dataclasses.replace(p.iqlearn, learn_temp=True, critics=2))
+    model = build_model(cfg, env, torch.device("cpu"), None, spec, spec.learner_settings(learned))
+    assert len(model.critic.q_networks) == 2 and model.log_ent_coef.exp().item() == pytest.approx(0.02)

@@ -78,6 +78,8 @@ class Algorithm:
     # the SB3 off-policy class with its own objective (made on first use), and what it is handed once built
     learner: Optional[Callable[[], Any]] = None
     prepare: Optional[Callable[[Any, Context], None]] = None
+    # the learner's constructor arguments that replace those from ``train.*`` (its own networks, rates, temperature)
+    learner_settings: Optional[Callable[[Params], dict[str, Any]]] = None
     rl: Optional[str] = None  # the SB3 class (``train.rl`` name) its policy always is; None: ``train.rl``
     # its own training without env steps, given ``evaluate(model, step)`` to record evaluations
     run: Optional[Callable[[Context, Callable[[Any, int], None]], OwnRun]] = None

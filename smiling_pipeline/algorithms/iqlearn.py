@@ -10,8 +10,14 @@ and ``V(s) = min_i Q_i(s, a~pi) - ent_coef log pi(a|s)``, each critic minimises
     -E_expert[Q(s, a) - y] + E_mix[V(s) - y] + 1/(4 alpha) E_mix[(Q(s, a) - y)^2]
 
 over a batch of ``train.batch_size`` learner transitions and as many expert transitions (``mix``: both),
-and the actor takes SAC's step (``ent_coef log pi - min Q``) on the same states. The entropy coefficient,
-learning rate, networks and target updates are the run's ``train.*`` SAC settings.
+and the actor takes SAC's step (``ent_coef log pi - min Q``) on the same states. The networks, the number
+of critics, the actor's and critic's learning rates, the temperature and alpha are ``iqlearn.*`` (defaults:
+the authors' MuJoCo settings); batch size, gamma, target updates and learning starts are ``train.*``.
+
+``iqlearn.terminal`` says what follows a terminal step in ``y``. The authors' ``zero`` (``done`` = 1, no value
+after it) makes a fall worth more than going on once the learner's implicit rewards are negative, as they
+are on every learner row: on InvertedPendulum the learner then falls within about 5 steps and never learns
+(docs/baselines.md). ``bootstrap`` (the default) values every next state, a fall's too, as after a time limit.
 
 State-only (no expert actions): the expert's ``(s, s')`` pairs with the actions of the learner batch in
 their place, as the authors' ``only_expert_states`` does. Expert transitions are read from the run's
@@ -23,16 +29,18 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, NamedTuple, Optional
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple, Optional
 
 import numpy as np
 
 from smiling_pipeline.algorithms.base import Algorithm, Context
+from smiling_pipeline.config import Params
 
 if TYPE_CHECKING:
     import torch
 
 CHI2_ALPHA = 0.5  # the authors' method.alpha: the chi^2 term is 1 / (4 alpha) E[(Q - y)^2]
+Terminal = Literal["bootstrap", "zero"]  # iqlearn.terminal
 
 
 class Batch(NamedTuple):
@@ -41,7 +49,7 @@ class Batch(NamedTuple):
     obs: torch.Tensor
     actions: torch.Tensor
     next_obs: torch.Tensor
-    dones: torch.Tensor  # (n, 1): 1 where the episode terminated (no value after it)
+    dones: torch.Tensor  # (n, 1): 1 where no value follows (a terminal step, with iqlearn.terminal zero)
     is_expert: torch.Tensor  # (n,) bool
 
 
@@ -104,11 +112,18 @@ def learner() -> Any:
     by :func:`prepare`). Made on first use, so importing the registry imports no SB3."""
     import torch
     from stable_baselines3 import SAC
-    from stable_baselines3.common.utils import polyak_update
+    from stable_baselines3.common.utils import polyak_update, update_learning_rate
 
     class IQLearnSAC(SAC):
         expert: Optional[ExpertTransitions] = None
         expert_generator: Optional[torch.Generator] = None
+
+        def __init__(self, *args: Any, actor_lr: Optional[float] = None, chi2_alpha: float = CHI2_ALPHA,
+                     terminal: Terminal = "zero", **kwargs: Any) -> None:
+            """SAC's arguments, and the actor's own learning rate (None: ``learning_rate``), the chi^2 alpha and
+            what follows a terminal step (``iqlearn.terminal``)."""
+            self.actor_lr, self.chi2_alpha, self.terminal = actor_lr, chi2_alpha, terminal
+            super().__init__(*args, **kwargs)
 
         def _excluded_save_params(self) -> list[str]:
             return [*super()._excluded_save_params(), "expert", "expert_generator"]
@@ -120,15 +135,17 @@ def learner() -> Any:
             return q - ent_coef * log_prob.reshape(-1, 1)
 
         def mixed_batch(self, batch_size: int) -> Batch:
-            """``batch_size`` learner transitions, then as many expert ones (state-only: the learner's actions)."""
+            """``batch_size`` learner transitions, then as many expert ones (state-only: the learner's actions);
+            with ``terminal`` bootstrap no row is terminal (the next state's value follows a fall too)."""
             if self.expert is None or self.expert_generator is None:
                 raise RuntimeError("IQLearnSAC.expert is not set; build it through the iqlearn spec's prepare")
             policy = self.replay_buffer.sample(batch_size, env=self._vec_normalize_env)  # type: ignore[union-attr]
             e_obs, e_actions, e_next, e_dones = self.expert.sample(batch_size, self.expert_generator)
             n = len(policy.observations)
+            dones = torch.cat([policy.dones, e_dones]) * (self.terminal == "zero")
             return Batch(torch.cat([policy.observations, e_obs]),
                          torch.cat([policy.actions, policy.actions if e_actions is None else e_actions]),
-                         torch.cat([policy.next_observations, e_next]), torch.cat([policy.dones, e_dones]),
+                         torch.cat([policy.next_observations, e_next]), dones,
                          torch.arange(2 * n, device=e_obs.device) >= n)
 
         def critic_loss(self, batch: Batch, ent_coef: torch.Tensor) -> torch.Tensor:
@@ -136,7 +153,8 @@ def learner() -> Any:
             with torch.no_grad():
                 next_v = self.soft_value(batch.next_obs, self.critic_target, ent_coef)
             v = self.soft_value(batch.obs, self.critic, ent_coef)
-            losses = [iq_loss(q, v, next_v, batch, self.gamma) for q in self.critic(batch.obs, batch.actions)]
+            losses = [iq_loss(q, v, next_v, batch, self.gamma, self.chi2_alpha)
+                      for q in self.critic(batch.obs, batch.actions)]
             return torch.stack(losses).mean()
 
         def train(self, gradient_steps: int, batch_size: int = 64) -> None:
@@ -146,6 +164,8 @@ def learner() -> Any:
             if self.ent_coef_optimizer is not None:
                 optimizers.append(self.ent_coef_optimizer)
             self._update_learning_rate(optimizers)
+            if self.actor_lr is not None:
+                update_learning_rate(self.actor.optimizer, self.actor_lr)
             logged: dict[str, list[float]] = {"critic_loss": [], "actor_loss": [], "ent_coef": []}
             for step in range(gradient_steps):
                 batch = self.mixed_batch(batch_size)
@@ -190,13 +210,22 @@ def prepare(model: Any, ctx: Context) -> None:
     model.expert_generator = torch.Generator(device=ctx.device).manual_seed(ctx.p.train.seed)
 
 
+def learner_settings(p: Params) -> dict[str, Any]:
+    """``iqlearn.*`` as SB3 SAC arguments: its networks, critics, learning rates and temperature."""
+    c = p.iqlearn
+    return {"learning_rate": c.critic_lr, "actor_lr": c.actor_lr, "chi2_alpha": c.alpha, "terminal": c.terminal,
+            "ent_coef": f"auto_{c.init_temp}" if c.learn_temp else c.init_temp,
+            "policy_kwargs": {"net_arch": list(c.net), "n_critics": c.critics}}
+
+
 SPEC = Algorithm(
     name="iqlearn",
-    sections=("train", "ingest"),
-    tag_scopes=("ingest", "train"),
+    sections=("train", "iqlearn", "ingest"),
+    tag_scopes=("ingest", "train", "iqlearn"),
     reward_text="IQ-Learn learns no explicit reward (its critic implies one)",
     learner=learner,
     prepare=prepare,
+    learner_settings=learner_settings,
     rl="sac",
     color="tab:red",
 )
