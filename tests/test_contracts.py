@@ -38,6 +38,7 @@ def params(path: Path, **changes: dict) -> Path:
     ({"train": {"lr": float("nan")}}, [], ["train.lr", "finite"]),
     ({}, ["--steps", "300"], ["learning_starts", "below train.steps"]),  # a CLI option checked like params
     ({"train": {"algorithm": "bc"}}, [], ["BC needs expert actions"]),
+    ({"train": {"algorithm": "iqlearn", "termination": "absorbing"}}, [], ["absorbing", "IQLEARN", "use env"]),
     ({}, ["--algorithm", "gail"], ["train.algorithm", "smiling, dac, bc"]),
 ])
 def test_bad_settings_get_one_line_and_change_nothing(store, tmp_path, changes, options, fragments):

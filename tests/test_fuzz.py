@@ -41,6 +41,7 @@ TINY: dict[str, dict[str, Any]] = {
               "learner_fit_steps": 5, "learner_batch_size": 64, "eval_every": 60, "eval_episodes": 1,
               "checkpoint_every": 60},
     "baselines": {"dac_hidden": 8, "dac_fit_steps": 5, "bc_steps": 20, "bc_batch_size": 16},
+    "iqlearn": {"net": [8]},
     "evaluate": {"episodes": 1},
 }
 KEYS = {
@@ -57,6 +58,7 @@ KEYS = {
               "learner_batch_size", "learner_lr", "eval_every", "eval_episodes", "checkpoint_every", "seed"],
     "baselines": ["dac_hidden", "dac_lr", "dac_gradient_penalty", "dac_fit_steps", "dac_reward_norm",
                   "dac_standardize", "bc_steps", "bc_batch_size", "bc_lr"],
+    "iqlearn": ["net", "critics", "actor_lr", "critic_lr", "init_temp", "learn_temp", "alpha", "terminal"],
     "evaluate": ["episodes", "seed", "video"],
 }
 # Fields whose large valid values mean long or huge work: they get small numbers only.

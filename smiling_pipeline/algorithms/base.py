@@ -116,3 +116,6 @@ class Algorithm:
         if self.learner is not None and self.rl and p.train.rl != self.rl:
             raise UserError(f"{self.label} learns on SB3 {self.rl.upper()}'s networks: train.rl must be {self.rl}, "
                             f"got {p.train.rl}")
+        if self.reward is None and p.train.termination == "absorbing":
+            raise UserError(f"train.termination: absorbing acts on a relabelled reward, which {self.label} has none of: "
+                            "use env or ignore")
