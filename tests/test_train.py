@@ -397,5 +397,5 @@ def test_config_tag_names_every_changed_setting_that_applies_to_the_algorithm():
     dac = dataclasses.replace(p, train=dataclasses.replace(p.train, algorithm="dac", termination="absorbing"))
     assert config_tag(dac) == "termination=absorbing"
     sac = apply_presets(Params(), ["official-sac"])
-    assert config_tag(sac) == ("learning_starts=5000;net=1024,1024;train.batch_size=1024;train.lr=0.0001;"
+    assert config_tag(sac) == ("learning_starts=5000;train.net=1024,1024;train.batch_size=1024;train.lr=0.0001;"
                                "target_update_interval=2")
