@@ -85,10 +85,12 @@ def sigint_handled():
 
 @pytest.fixture(scope="module")
 def cluster() -> str:
-    """Two Ray nodes (one CPU each) on this machine."""
+    """Two Ray nodes (one CPU each) on this machine. Their workers run at the tests' priority, not Ray's default
+    nice 15, which starves them while the other pytest workers compute and times the many-cell test out."""
     from ray.cluster_utils import Cluster
 
-    with sigint_handled():
+    with sigint_handled(), pytest.MonkeyPatch.context() as mp:
+        mp.setenv("RAY_worker_niceness", "0")
         nodes = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
         nodes.add_node(num_cpus=1)
     nodes.wait_for_nodes()
@@ -119,16 +121,16 @@ def _history(url: str, run_id: str, key: str) -> list[tuple[int, float]]:
     return sorted((m.step, m.value) for m in mlflow.MlflowClient(url).get_metric_history(run_id, key))
 
 
-def test_sixteen_cells_on_two_ray_nodes_land_once_each_in_the_postgres_server(store, server, cluster, tmp_path):
-    sweep = _sweep(tmp_path, "wide", list(range(8)), ["smiling", "dac"])
+def test_eight_cells_on_two_ray_nodes_land_once_each_in_the_postgres_server(store, server, cluster, tmp_path):
+    sweep = _sweep(tmp_path, "wide", list(range(4)), ["smiling", "dac"])
     results = tmp_path / "cells"
     args = ["sweep", sweep, "--backend", "ray", "--address", cluster, "--tracking-uri", server, "--runs",
-            tmp_path / "runs", "--results", results, "--cpus-per-cell", "0.125"]  # 8 cells per one-CPU node: all at once
+            tmp_path / "runs", "--results", results, "--cpus-per-cell", "0.25"]  # 4 cells per one-CPU node: all at once
     run = run_cli(args)
     assert run.exit_code == 0, run.output
-    assert "ran 16 cells" in run.stdout
+    assert "ran 8 cells" in run.stdout
     names = sorted(p.name for p in results.iterdir())
-    assert len(names) == 16 and names[0] == "wide-ip-dac-so-s0"
+    assert len(names) == 8 and names[0] == "wide-ip-dac-so-s0"
     assert {json.loads((results / n / "cell.json").read_text())["backend"] for n in names} == {"ray"}
 
     runs = _runs(server, "wide-")
@@ -146,13 +148,13 @@ def test_sixteen_cells_on_two_ray_nodes_land_once_each_in_the_postgres_server(st
         assert [step for step, _ in _history(server, r.info.run_id, "normalized_return")] == [100, 200, 300]
         assert len(curve) == 3
         assert len(_history(server, r.info.run_id, "reward_mean_expert")) == 3
-    # the 16 cells really wrote at once: their train runs overlap in time
+    # the 8 cells really wrote at once: their train runs overlap in time
     events = sorted([(r.info.start_time, 1) for r in train] + [(r.info.end_time, -1) for r in train])
     most = max(sum(change for _, change in events[:i + 1]) for i in range(len(events)))
-    assert most >= 12, f"only {most} train runs overlapped"
+    assert most >= 6, f"only {most} train runs overlapped"
     # one expert model per seed, shared by its cell (DAC needs none)
     pretrain = [p.name for p in (tmp_path / "runs" / "_pretrain").iterdir()]
-    assert len(pretrain) == 8
+    assert len(pretrain) == 4
 
     from_server = run_cli(["report", "--compare", "--exp-prefix", "wide-", "--out", tmp_path / "a"],
                           env={"MLFLOW_TRACKING_URI": server})
@@ -160,7 +162,7 @@ def test_sixteen_cells_on_two_ray_nodes_land_once_each_in_the_postgres_server(st
     assert from_server.exit_code == 0 and from_cells.exit_code == 0, from_server.output + from_cells.output
     table = (tmp_path / "a" / "comparison.md").read_text()
     assert table == (tmp_path / "b" / "comparison.md").read_text()
-    assert re.search(r"\| state-only \| SMILING \[[^\]]*pretrain\.steps=50[^\]]*\] \| 1000 \| 8 \|", table)
+    assert re.search(r"\| state-only \| SMILING \[[^\]]*pretrain\.steps=50[^\]]*\] \| 1000 \| 4 \|", table)
 
     again = run_cli(args)  # finished cells never run again
     assert again.exit_code == 0 and "ran 0 cells" in again.stdout, again.output
