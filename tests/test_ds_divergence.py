@@ -21,15 +21,6 @@ from smiling_pipeline.cost import ds_divergence
 from smiling_pipeline.score import ScoreModel, alphas_bar, informative_steps
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Small MLPs: one thread is fastest here (and the machine is shared); restored afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def closed_form_ds(mean_p, cov_p, mean_q, cov_q, cfg: ScoreConfig = ScoreConfig()) -> float:
     """D(P, Q) = E_{t ~ U[0, t_max)} E_{x ~ P_t} mean_d || eps*_Q - eps*_P ||^2 for Gaussian P, Q given in raw
     coordinates, computed in the coordinates the score models use (P's population statistics)."""
