@@ -393,6 +393,9 @@ def report(
         "--cells", help="With --compare: also read the records of finished sweep cells in this folder (sweep --backend "
         "local); repeat for several.")] = None,
     no_mlflow: Annotated[bool, typer.Option("--no-mlflow", help="With --compare and --cells: read only the cells.")] = False,
+    budget: Annotated[Optional[int], typer.Option(
+        "--budget", min=1, help="With --compare: cut every run at this many env steps, to compare runs of different "
+        "lengths at one budget (runs that ended earlier are left out).")] = None,
     params: ParamsOpt = None,
     workdir: WorkdirOpt = None,
     minari_root: RootOpt = None,
@@ -406,11 +409,11 @@ def report(
             if not folder.is_dir():
                 raise UserError(f"--cells {folder} is not a folder")
         uri = None if no_mlflow else tracking_uri()
-        written = write_comparison(uri, out or Path("reports/compare"), dataset, exp_prefix, cells or [])
+        written = write_comparison(uri, out or Path("reports/compare"), dataset, exp_prefix, cells or [], budget)
         typer.echo(f"comparison written: {written}")
         return
-    if exp_prefix or cells or no_mlflow:
-        raise UserError("--exp-prefix, --cells and --no-mlflow only apply with --compare")
+    if exp_prefix or cells or no_mlflow or budget is not None:
+        raise UserError("--exp-prefix, --cells, --no-mlflow and --budget only apply with --compare")
     p = with_section(setup(params, workdir), "ingest", dataset=dataset)
     start(p, minari_root)
     from smiling_pipeline.report import write_report

@@ -12,7 +12,7 @@ import re
 import warnings
 from collections import defaultdict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Optional
 
@@ -164,6 +164,23 @@ def merge_runs(*sources: list[RunCurve]) -> list[RunCurve]:
         for c in runs:
             merged.setdefault(_key(c), c)
     return sorted(merged.values(), key=lambda c: (c.dataset, c.variant, c.algorithm, c.config, c.expert_states, c.seed))
+
+
+def within_budget(runs: list[RunCurve], budget: int) -> tuple[list[RunCurve], list[RunCurve]]:
+    """Each run as it stood after ``budget`` env steps (its evaluations and diagnostics up to there; its
+    training time unknown), so runs of different lengths compare at one budget; and the runs that ended
+    before it or were first evaluated after it, which cannot. Env-free methods (BC) are kept as they are."""
+    kept, short = [], []
+    for c in runs:
+        n = sum(s <= budget for s in c.steps)
+        if c.env_free:
+            kept.append(c)
+        elif c.steps[-1] < budget or n == 0:
+            short.append(c)
+        else:
+            diagnostics = {k: tuple(p for p in v if p[0] <= budget) for k, v in c.diagnostics.items()}
+            kept.append(replace(c, steps=c.steps[:n], returns=c.returns[:n], diagnostics=diagnostics, seconds=None))
+    return kept, short
 
 
 def interval_estimates(scores: np.ndarray, aggregate: Callable[[np.ndarray], np.ndarray]
@@ -420,6 +437,16 @@ def run_table(runs: list[RunCurve]) -> list[str]:
     return lines
 
 
+def budget_note(budget: Optional[int], short: list[RunCurve]) -> list[str]:
+    """What ``--budget`` did: where every run was cut, and which runs it left out."""
+    if budget is None:
+        return []
+    note = f"**Budget: every run cut at {budget:,} env steps** (final = the mean of its last {FINAL_EVALS} evaluations up to there)."
+    if short:
+        note += f" Left out (ended before it, or first evaluated after it): {', '.join(f'`{c.name}`' for c in short)}."
+    return [note, ""]
+
+
 def _check_replaceable(out: Path) -> None:
     """The report replaces its folder whole, so that folder may hold only an earlier report (its markdown and
     plots): anything else in it would be lost."""
@@ -432,10 +459,11 @@ def _check_replaceable(out: Path) -> None:
 
 
 def write_comparison(tracking_uri: Optional[str], out: Path, dataset: Optional[str] = None,
-                     exp_prefix: Optional[str] = None, cells: Sequence[Path] = ()) -> Path:
+                     exp_prefix: Optional[str] = None, cells: Sequence[Path] = (),
+                     budget: Optional[int] = None) -> Path:
     """Plots and ``comparison.md`` in ``out`` (replaced as a whole, so a failure leaves the old report), from
     the MLflow store's finished runs and the committed sweep-cell records in ``cells`` (folders); on overlap
-    MLflow wins, then the earlier folder."""
+    MLflow wins, then the earlier folder. With ``budget``, every run is cut at that many env steps."""
     if tracking_uri is None and not cells:
         raise UserError("nothing to compare: give an MLflow store or a folder of sweep cells")
     _check_replaceable(out)
@@ -445,6 +473,13 @@ def write_comparison(tracking_uri: Optional[str], out: Path, dataset: Optional[s
         where = " and ".join(([tracking_uri] if tracking_uri else []) + [str(folder) for folder in cells])
         which = "".join([f" of {dataset}" if dataset else "", f" named {exp_prefix}*" if exp_prefix else ""])
         raise UserError(f"no finished train runs{which} in {where}; run `smiling-cli train` or a sweep first")
+    short: list[RunCurve] = []
+    if budget is not None:
+        runs, short = within_budget(runs, budget)
+        if short and all(c.env_free for c in runs):
+            first, last = min(c.steps[0] for c in short), max(c.steps[-1] for c in short)
+            raise UserError(f"--budget {budget}: no run was evaluated up to it (the runs span {first} to {last} env "
+                            "steps); give a budget in that range")
     groups = _groups(runs)
     summaries = [summarise(g) for _, g in sorted(groups.items())]
     by_dataset = {d: [c for c in runs if c.dataset == d] for d in sorted({c.dataset for c in runs})}
@@ -454,7 +489,8 @@ def write_comparison(tracking_uri: Optional[str], out: Path, dataset: Optional[s
              "random policy 0, expert 1); AUC = the mean normalized return over the whole curve. Mean and "
              "interquartile mean (IQM, 25% trimmed) over seeds with 95% stratified-bootstrap intervals "
              "(rliable); with fewer than 4 seeds the IQM trims nothing and equals the mean. Bands in the "
-             "plots are 95% bootstrap intervals over seeds.", "", *overview(groups, summaries, states)]
+             "plots are 95% bootstrap intervals over seeds.", "", *budget_note(budget, short),
+             *overview(groups, summaries, states)]
     with atomic_dir(out) as tmp:
         for d, here in by_dataset.items():
             slug = _slug(d)

@@ -127,6 +127,23 @@ def test_correlation_table_averages_each_runs_quarters_then_seeds():
     assert correlation_table(_groups(runs[-1:]), "d") == []  # nothing to show without diagnostics
 
 
+def test_budget_cuts_every_run_and_leaves_out_the_shorter_ones(store, tmp_path, monkeypatch):
+    text = write_comparison(store, tmp_path / "at-2500", budget=2500).read_text()
+    # DAC (evaluated at 1k and 3k) is cut to its 1k evaluation; SMILING (ended at 2k) cannot be read at 2.5k
+    assert table_row(text, "state-only", "DAC", 5000)[:2] == [3, 0.0]
+    assert "state-only | SMILING" not in text and "cut at 2,500 env steps" in text
+    note = next(line for line in text.splitlines() if line.startswith("**Budget"))
+    assert all(f"`cmp-s{seed}`" in note for seed in range(4)) and "`cmp-s" not in note.split("Left out")[0]
+    assert table_row(text, "state-action", "BC", 5000)[:3] == [3, 0.65, 0.65]  # env-free: as it was
+    at_3k = write_comparison(store, tmp_path / "at-3000", budget=3000).read_text()
+    assert table_row(at_3k, "state-only", "DAC", 5000)[:2] == [3, 0.45]  # mean of its evaluations 0 and 0.9
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
+    assert_user_error(run_cli(["report", "--compare", "--budget", "500", "--out", str(tmp_path / "none")]),
+                      "no run was evaluated up to it (the runs span 1000 to 3000 env steps)")
+    assert not (tmp_path / "none").exists()
+
+
 def test_exp_prefix_keeps_only_named_experiments(store):
     runs = load_runs(store, exp_prefix="cmp-")
     assert {(r.algorithm, r.seed) for r in runs} == {("smiling", s) for s in range(4)}
