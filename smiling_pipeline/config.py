@@ -170,7 +170,7 @@ class ScoreConfig(_Section):
     beta_start: float = _within(0, 1, 1e-4, high_open=True)
     beta_end: float = _within(0, 1, 0.02, high_open=True)
     min_signal: float = _within(0, 1, 0.01, high_open=True)  # use t only while sqrt(alpha_bar_t) >= this (the informative range)
-    normalize: bool = True  # standardise inputs with the expert statistics ...
+    normalize: bool = False  # true: standardise inputs with the expert statistics (raw by default, as the official code) ...
     min_std: float = _above(0, 0.1)  # ... dividing by max(std, min_std): never magnify a feature more than 1/min_std
 
     def _check_more(self) -> None:

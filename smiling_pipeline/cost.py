@@ -207,7 +207,7 @@ def ds_divergence(
         raise UserError(f"folds must be at least 1, got {folds}")
     if len(p) < 2 * folds:
         raise DataError(f"{len(p)} P samples are too few for {folds}-fold cross-fitting")
-    cfg = cfg or ScoreConfig()
+    cfg = cfg or ScoreConfig(normalize=True)  # the divergence is defined in P-normalised coordinates
     torch.manual_seed(seed)
     mean, std = p.mean(0), p.std(0)
 

@@ -20,8 +20,10 @@ from smiling_pipeline.config import ScoreConfig
 from smiling_pipeline.cost import ds_divergence
 from smiling_pipeline.score import ScoreModel, alphas_bar, informative_steps
 
+STANDARDISED = ScoreConfig(normalize=True)  # ds_divergence's coordinates: P's population statistics
 
-def closed_form_ds(mean_p, cov_p, mean_q, cov_q, cfg: ScoreConfig = ScoreConfig()) -> float:
+
+def closed_form_ds(mean_p, cov_p, mean_q, cov_q, cfg: ScoreConfig = STANDARDISED) -> float:
     """D(P, Q) = E_{t ~ U[0, t_max)} E_{x ~ P_t} mean_d || eps*_Q - eps*_P ||^2 for Gaussian P, Q given in raw
     coordinates, computed in the coordinates the score models use (P's population statistics)."""
     mean_p, mean_q = np.asarray(mean_p, float), np.asarray(mean_q, float)
@@ -79,7 +81,7 @@ def test_closed_form_matches_monte_carlo_of_the_analytic_scores():
     optimal predictors -sqrt(1 - abar) grad log X_t taken by autograd of the Gaussian log-densities."""
     mean_p, cov_p = np.array([1.0, -2.0, 0.5]), np.diag([4.0, 0.25, 1.0])
     mean_q, cov_q = np.array([1.6, -2.1, 0.8]), np.array([[5.0, 0.3, 0.0], [0.3, 0.3, 0.0], [0.0, 0.0, 0.6]])
-    cfg, n, d = ScoreConfig(), 400_000, 3
+    cfg, n, d = STANDARDISED, 400_000, 3
     model = ScoreModel(d, cfg, mean_p, np.sqrt(np.diag(cov_p)))  # the models' own normalisation
     g = torch.Generator().manual_seed(0)
     x0 = model.normalize(torch.as_tensor(gaussian_pair(mean_p, cov_p, mean_q, cov_q, n, seed=0)[0])).double()

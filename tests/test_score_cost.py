@@ -228,7 +228,7 @@ def test_linear_variant_is_affine_in_its_input():
 
 
 def test_normalisation_never_magnifies_more_than_min_std_allows():
-    model = ScoreModel(2, ScoreConfig(min_std=0.1), np.zeros(2), np.array([0.001, 5.0]))
+    model = ScoreModel(2, ScoreConfig(normalize=True, min_std=0.1), np.zeros(2), np.array([0.001, 5.0]))
     assert torch.allclose(model.std, torch.tensor([0.1, 5.0]))
 
 
