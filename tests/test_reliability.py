@@ -169,13 +169,14 @@ def test_an_expert_model_is_never_reused_under_other_score_settings(store, tmp_p
     assert expert.cfg.linear and extra["made_with"]["score"]["linear"] is True
     learner = load_model(tmp_path / "w" / "train" / "reward_model.pt")[0]
     assert learner.cfg.linear  # the run's learner model is linear too
-    raw = params(tmp_path / "raw.yaml", score={"normalize": False})
-    run = run_cli(["train", "--params", raw, "--workdir", tmp_path / "w", "--steps", "500"])
+    assert torch.equal(expert.std, torch.ones(expert.dim))  # default score.normalize false: raw states
+    standardised = params(tmp_path / "standardised.yaml", score={"normalize": True})
+    run = run_cli(["train", "--params", standardised, "--workdir", tmp_path / "w", "--steps", "500"])
     assert run.exit_code == 0, run.output
     assert "score.linear, score.normalize" in run.stderr
     expert = load_model(model_file)[0]
-    assert torch.equal(expert.std, torch.ones(expert.dim)) and torch.equal(expert.mean, torch.zeros(expert.dim))
-    again = run_cli(["train", "--params", raw, "--workdir", tmp_path / "w", "--steps", "500"])
+    assert not torch.equal(expert.std, torch.ones(expert.dim)) and expert.cfg.normalize
+    again = run_cli(["train", "--params", standardised, "--workdir", tmp_path / "w", "--steps", "500"])
     assert again.exit_code == 0 and "pretraining" not in again.stderr  # same settings: reused
 
 
