@@ -207,9 +207,9 @@ class CostConfig(_Section):
     # run: one draw set for the whole run (each row's expert half computed once); refit: new draws at
     # every refit (both halves recomputed), so a row's estimation error varies over training
     draws: Literal["run", "refit"] = "run"
-    # batch: mean 0, std reward_std per sampled batch (the paper); rank: the batch's ranks standardised the same way
-    # (one row's spike cannot squash the others' differences); clip: batch, clipped at 3 std; none
-    reward_norm: Literal["batch", "rank", "clip", "none"] = "batch"
+    # rank: the batch's ranks standardised to mean 0, std reward_std (one row's spike cannot squash the others'
+    # differences; reports/fidelity); batch: the rewards themselves standardised (the paper); clip: batch, clipped at 3 std
+    reward_norm: Literal["batch", "rank", "clip", "none"] = "rank"
     reward_std: float = _above(0, 0.1)
     # fast: the estimator above (rewards.SmilingReward); official: the official code's computation on every
     # sampled batch (rewards.OfficialReward: grid of `timesteps` over all of [0, T), fresh noise per row), slow
