@@ -11,14 +11,14 @@ from __future__ import annotations
 import re
 import warnings
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import numpy as np
 
-from smiling_pipeline import algorithms, tracking
+from smiling_pipeline import algorithms, config, tracking
 from smiling_pipeline.errors import UserError
 from smiling_pipeline.io import atomic_dir
 from smiling_pipeline.report import plt, short_steps, steps_axis
@@ -44,7 +44,7 @@ class RunCurve:
     variant: str
     algorithm: str
     rl: str
-    config: str  # non-default ablation settings (``train.config_tag``), "default" if none
+    config: str  # settings that differ from today's defaults (``config.settings_tag``), "default" if none
     expert_states: int
     seed: int
     steps: tuple[int, ...]
@@ -101,12 +101,16 @@ class Summary:
     auc_ci: tuple[float, float]
 
 
-def _curve(tags: dict[str, str], steps: tuple[int, ...], returns: tuple[float, ...],
-           diagnostics: dict[str, tuple[tuple[int, float], ...]], name: str, seconds: Optional[float],
-           seconds_of_process: bool = False) -> RunCurve:
+def _curve(tags: dict[str, str], settings: Optional[Mapping[str, Any]], steps: tuple[int, ...],
+           returns: tuple[float, ...], diagnostics: dict[str, tuple[tuple[int, float], ...]], name: str,
+           seconds: Optional[float], seconds_of_process: bool = False) -> RunCurve:
+    """A run's curve, labelled by its recorded ``settings`` against today's defaults where it has them (a run
+    made before a default changed keeps the setting it ran with in its label), else by its recorded tag."""
+    spec = algorithms.REGISTRY.get(tags["algorithm"])
+    recorded = tags.get("config", "linear=True" if tags.get("linear") == "True" else "default")
+    label = config.settings_tag(settings, spec.tag_scopes) if settings and spec else recorded
     return RunCurve(tags["dataset"], tags.get("variant", "state-only"), tags["algorithm"], tags.get("rl", "sac"),
-                    tags.get("config", "linear=True" if tags.get("linear") == "True" else "default"),
-                    int(tags["expert_states"]), int(tags["seed"]), steps, returns, diagnostics, name, seconds,
+                    label, int(tags["expert_states"]), int(tags["seed"]), steps, returns, diagnostics, name, seconds,
                     seconds_of_process)
 
 
@@ -125,7 +129,7 @@ def load_runs(tracking_uri: str, dataset: Optional[str] = None, exp_prefix: Opti
         if not history or "expert_states" not in r.tags:
             continue
         diagnostics = {k: tuple(r.history(k)) for k in DIAGNOSTICS}
-        curve = _curve(r.tags, tuple(s for s, _ in history), tuple(v for _, v in history), diagnostics,
+        curve = _curve(r.tags, r.params, tuple(s for s, _ in history), tuple(v for _, v in history), diagnostics,
                        name or r.name, r.metrics.get("train_seconds"))
         latest.setdefault(_key(curve), curve)
     return list(latest.values())
@@ -149,7 +153,7 @@ def load_cells(folder: Path, dataset: Optional[str] = None, exp_prefix: Optional
             iterations = list(csv.DictReader(f))
         diagnostics = {k: tuple((int(r["env_steps"]), float(r[k])) for r in iterations if r.get(k) not in (None, ""))
                        for k in DIAGNOSTICS}
-        curve = _curve(tags, tuple(int(r["env_steps"]) for r in rows),
+        curve = _curve(tags, info.get("settings"), tuple(int(r["env_steps"]) for r in rows),
                        tuple(float(r["normalized_return"]) for r in rows), diagnostics, cell.parent.name, seconds,
                        "train_seconds" not in info)
         if dataset is None or curve.dataset == dataset:

@@ -11,6 +11,7 @@ with the rules written beside the defaults.
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import math
 import re
@@ -380,22 +381,40 @@ _NOT_IN_TAG = {"ingest.seed", "ingest.dataset", "ingest.with_actions", "ingest.n
                "train.checkpoint_every", "train.algorithm"}
 
 
-def changed_settings(p: Params, scopes: typing.Sequence[str]) -> dict[str, Any]:
-    """Every setting in ``scopes`` (the run's algorithm's ``tag_scopes``: a section, or ``section.prefix`` for
-    the fields starting with ``prefix``) that differs from its default, ``{"section.key": value}``."""
-    default, out = Params(), {}
-    for scope in scopes:
-        section, _, prefix = scope.partition(".")
-        for f in dataclasses.fields(getattr(p, section)):
-            key, value = f"{section}.{f.name}", getattr(getattr(p, section), f.name)
-            if f.name.startswith(prefix) and key not in _NOT_IN_TAG and value != getattr(getattr(default, section), f.name):
-                out[key] = value
-    return out
+# The value a run recorded before a setting was recorded ran with, where it is not the setting's default
+# today (the default changed since): a record lacking ``score.normalize`` standardised its states.
+BEFORE_RECORDED: dict[str, Any] = {"score.normalize": True, "cost.reward_norm": "batch"}
 
 
-def config_tag(p: Params, scopes: typing.Sequence[str]) -> str:
-    """``name=value`` of every setting in :func:`changed_settings` ("default" if none); the name is the field's
-    own, or ``section.field`` where another section has a field of that name (``pretrain.steps``)."""
+def in_scopes(key: str, scopes: typing.Sequence[str]) -> bool:
+    """Whether ``section.key`` is in one of ``scopes`` (a section, or ``section.prefix``) and defines a run."""
+    section, _, name = key.partition(".")
+    return key not in _NOT_IN_TAG and any(
+        section == s and name.startswith(prefix) for s, _, prefix in (scope.partition(".") for scope in scopes))
+
+
+def run_settings(p: Params, scopes: typing.Sequence[str]) -> dict[str, Any]:
+    """Every setting in ``scopes`` (the run's algorithm's ``tag_scopes``) that defines what a run is, default or
+    not, ``{"section.key": value}``: recorded with each run, so a report labels it against today's defaults."""
+    return {f"{section}.{f.name}": getattr(getattr(p, section), f.name) for section in typing.get_type_hints(Params)
+            for f in dataclasses.fields(getattr(p, section)) if in_scopes(f"{section}.{f.name}", scopes)}
+
+
+def _same(value: Any) -> Any:
+    """A setting's value as comparable whatever recorded it (JSON lists, MLflow's strings, tuples)."""
+    if isinstance(value, str):
+        try:
+            value = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            return value
+    return tuple(value) if isinstance(value, (list, tuple)) else value
+
+
+def settings_tag(settings: typing.Mapping[str, Any], scopes: typing.Sequence[str]) -> str:
+    """``name=value`` of every setting in ``scopes`` in which a run's recorded ``settings`` differ from today's
+    defaults ("default" if none); a setting it lacks ran with :data:`BEFORE_RECORDED`'s value or the default.
+    The name is the field's own, or ``section.field`` where another section has a field of that name."""
+    defaults = run_settings(Params(), scopes)
     names = [f.name for s in typing.get_type_hints(Params) for f in dataclasses.fields(getattr(Params(), s))]
 
     def short(key: str) -> str:
@@ -405,7 +424,13 @@ def config_tag(p: Params, scopes: typing.Sequence[str]) -> str:
     def text(value: Any) -> str:
         return ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
 
-    return ";".join(f"{short(k)}={text(v)}" for k, v in changed_settings(p, scopes).items()) or "default"
+    changed = [(k, _same(settings.get(k, BEFORE_RECORDED.get(k, d)))) for k, d in defaults.items()]
+    return ";".join(f"{short(k)}={text(v)}" for k, v in changed if v != _same(defaults[k])) or "default"
+
+
+def config_tag(p: Params, scopes: typing.Sequence[str]) -> str:
+    """The tag of a run with settings ``p``: :func:`settings_tag` of its :func:`run_settings`."""
+    return settings_tag(run_settings(p, scopes), scopes)
 
 
 class _Bool:

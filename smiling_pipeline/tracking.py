@@ -363,12 +363,13 @@ def set_tag(key: str, value: str) -> None:
 
 @dataclass(frozen=True)
 class StoredRun:
-    """A finished run read back from a store: its id, name, tags and last metric values; ``history(key)``
-    reads one metric's (step, value) pairs, sorted, only when asked (a store holds thousands of runs)."""
+    """A finished run read back from a store: its id, name, tags, params (as text) and last metric values;
+    ``history(key)`` reads one metric's (step, value) pairs, sorted, only when asked (a store holds thousands)."""
 
     run_id: str
     name: str
     tags: dict[str, str]
+    params: dict[str, str]
     metrics: dict[str, float]
     history: Callable[[str], list[tuple[int, float]]]
 
@@ -387,7 +388,8 @@ def finished_runs(uri: str, stage: str, dataset: Optional[str] = None) -> list[S
     def reader(run_id: str) -> Callable[[str], list[tuple[int, float]]]:
         return lambda key: sorted((m.step, m.value) for m in client.get_metric_history(run_id, key))
 
-    return [StoredRun(r.info.run_id, r.info.run_name, r.data.tags, r.data.metrics, reader(r.info.run_id))
+    return [StoredRun(r.info.run_id, r.info.run_name, r.data.tags, r.data.params, r.data.metrics,
+                      reader(r.info.run_id))
             for r in found]
 
 

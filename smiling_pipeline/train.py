@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 
 from smiling_pipeline import algorithms, checkpoint, tracking
 from smiling_pipeline.algorithms.base import Algorithm, Context, OwnRun
-from smiling_pipeline.config import Params, TrainConfig, as_dict
+from smiling_pipeline.config import Params, TrainConfig, as_dict, run_settings
 from smiling_pipeline.demos import minari_root
 from smiling_pipeline.envs import make_env
 from smiling_pipeline.errors import UserError
@@ -181,7 +181,8 @@ def _finish(out: Path, folder: Path, p: Params, data: ExpertData, run_id: str, p
     time goes to ``run.json`` (what made the run), so ``metrics.json`` stays the same for the same seed."""
     spec = algorithms.get(p.train.algorithm)
     info = {"dataset_id": data.meta["dataset_id"], "env_id": data.meta["env_id"], "algorithm": p.train.algorithm,
-            "tags": _tags(p, data), "train_seconds": round(train_seconds, 1),
+            "tags": _tags(p, data), "settings": run_settings(p, spec.tag_scopes),
+            "train_seconds": round(train_seconds, 1),
             "mlflow_run_id": run_id, "policy_uri": tracking.log_torch_model(policy.policy.cpu(), "policy")}
     policy.save(out / "policy.zip")
     if reward_model is not None:

@@ -257,6 +257,16 @@ def test_local_sweep_runs_each_cell_once_and_the_report_reads_their_records(reco
     assert f"| {seconds / 60:.1f} min |" in text and "* the cell process's wall time" not in text
     assert (tmp_path / "cmp" / "smiling-invertedpendulum-expert-v0_diagnostics.png").stat().st_size > 10_000
     assert re.search(rf"\| state-only \| SMILING \[{re.escape(label)}\] \| 1000 \| 1 \| -?\d\.\d\d \|", text)
+    # a record made when standardised states were the default is labelled with them against today's defaults
+    record = more / "loc-ip-smiling-so-absorbing-s0" / "run.json"
+    info = json.loads(record.read_text())
+    assert info["settings"]["train.termination"] == "absorbing" and info["settings"]["score.normalize"] is False
+    record.write_text(json.dumps({**info, "settings": {**info["settings"], "score.normalize": True}}))
+    report = run_cli(["report", "--compare", "--cells", more, "--no-mlflow", "--out", tmp_path / "cmp-old"])
+    assert report.exit_code == 0, report.output
+    row = re.search(r"\| `loc-ip-smiling-so-absorbing-s0` \| state-only \| SMILING \[([^]]+)\]",
+                    (tmp_path / "cmp-old" / "comparison.md").read_text())
+    assert row and set(row.group(1).split(";")) == set(label.split(";")) | {"normalize=True"}
 
 
 def test_a_cell_claimed_by_one_sweep_process_is_skipped_by_another(tmp_path):

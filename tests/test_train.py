@@ -399,3 +399,21 @@ def test_config_tag_names_every_changed_setting_that_applies_to_the_algorithm():
     sac = apply_presets(Params(), ["official-sac"])
     assert config_tag(sac) == ("learning_starts=5000;train.net=1024,1024;train.batch_size=1024;train.lr=0.0001;"
                                "target_update_interval=2")
+
+
+def test_a_recorded_run_is_labelled_against_todays_defaults():
+    """A run's recorded settings (run.json's typed values, MLflow's text) are labelled by what differs from
+    today's defaults: a run made when states were standardised by default names it, and a record that lacks
+    ``cost.reward_norm`` (made before it existed) ran with batch normalisation; today's default run reads
+    "default" whichever form recorded it."""
+    from smiling_pipeline import algorithms
+    from smiling_pipeline.config import Params, run_settings, settings_tag
+
+    scopes = algorithms.get("smiling").tag_scopes
+    today = run_settings(Params(), scopes)
+    assert settings_tag(today, scopes) == "default"
+    as_text = {k: str(list(v) if isinstance(v, tuple) else v) for k, v in today.items()}  # as MLflow keeps params
+    assert settings_tag(as_text, scopes) == "default"
+    older = {k: v for k, v in today.items() if k != "cost.reward_norm"} | {"score.normalize": True}
+    assert settings_tag(older, scopes) == "normalize=True;reward_norm=batch"
+    assert settings_tag(as_text | {"train.net": "[256, 256]", "score.gone": "1"}, scopes) == "train.net=256,256"
