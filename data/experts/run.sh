@@ -3,6 +3,7 @@
 #   data/experts/run.sh all                      # all three, one after another (hours of CPU)
 #   data/experts/run.sh expert ENV NAME STEPS NET
 #   data/experts/run.sh stochastic_all           # expert-v1: the same experts' sampled actions (issue 26 item 2)
+#   data/experts/run.sh dmc_all                  # the paper's DMC tasks (issue 26 item 7), recorded with sampled actions
 set -euo pipefail
 expert() {  # env dataset-name steps net
   smiling-cli demos --env "$1" --dataset-id "smiling/$2/expert-v0" --algorithm sac --expert-steps "$3" \
@@ -14,10 +15,28 @@ stochastic() {  # env dataset-name: record the committed expert with its sampled
     --policy "data/experts/$2/demos/expert_policy.zip" --episodes 25 --random-episodes 100 --seed 0 --force \
     --minari-root data/minari --workdir "data/experts/$2/stochastic"
 }
-stochastic_all() {
+stochastic_dmc() {  # env dataset-name steps: a DMC expert (1,000-step episodes), recorded with its sampled actions as the official code
+  smiling-cli demos --env "$1" --dataset-id "smiling/$2/expert-v0" --algorithm sac --expert-steps "$3" \
+    --expert-net 256,256 --eval-every 10000 --episodes 25 --random-episodes 100 --seed 0 --force \
+    --minari-root data/minari --workdir "data/experts/$2"
+}
+dmc_all() {
+  dmc dm_control/ball_in_cup-catch-v0 ball-in-cup-catch 100000
+  dmc dm_control/cheetah-run-v0 cheetah-run 250000
+}
+all() {
   stochastic Hopper-v5 hopper
   stochastic HalfCheetah-v5 halfcheetah
   stochastic Walker2d-v5 walker2d
+}
+dmc() {  # env dataset-name steps: a DMC expert (1,000-step episodes), recorded with its sampled actions as the official code
+  smiling-cli demos --env "$1" --dataset-id "smiling/$2/expert-v0" --algorithm sac --expert-steps "$3" \
+    --expert-net 256,256 --eval-every 10000 --episodes 25 --random-episodes 100 --seed 0 --force \
+    --minari-root data/minari --workdir "data/experts/$2"
+}
+dmc_all() {
+  dmc dm_control/ball_in_cup-catch-v0 ball-in-cup-catch 100000
+  dmc dm_control/cheetah-run-v0 cheetah-run 250000
 }
 all() {
   expert Hopper-v5 hopper 300000 128,128
