@@ -1,5 +1,5 @@
-"""The committed locomotion expert datasets: readable by Minari itself, complete, and trainable from a
-fresh clone without making an expert."""
+"""The committed expert datasets (Gym locomotion and the paper's DMC tasks): readable by Minari itself, complete,
+and trainable from a fresh clone without making an expert."""
 
 from __future__ import annotations
 
@@ -13,7 +13,9 @@ from conftest import run_cli
 REPO = Path(__file__).resolve().parents[1]
 STORE = REPO / "data" / "minari"
 COMMITTED = {"smiling/hopper/expert-v0": ("Hopper-v5", 11, 3), "smiling/walker2d/expert-v0": ("Walker2d-v5", 17, 6),
-             "smiling/halfcheetah/expert-v0": ("HalfCheetah-v5", 17, 6)}
+             "smiling/halfcheetah/expert-v0": ("HalfCheetah-v5", 17, 6),
+             "smiling/cheetah-run/expert-v0": ("dm_control/cheetah-run-v0", 17, 6),  # flattened Dict observations
+             "smiling/ball-in-cup-catch/expert-v0": ("dm_control/ball_in_cup-catch-v0", 8, 2)}
 
 
 @pytest.mark.parametrize("dataset_id", sorted(COMMITTED))
