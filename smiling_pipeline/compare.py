@@ -320,32 +320,43 @@ def plot_diagnostics(path: Path, dataset: str, groups: dict[tuple[str, str, str,
     return drawn
 
 
-def _quarters(points: tuple[tuple[int, float], ...]) -> tuple[float, float, float]:
-    """The mean of a run's per-iteration values over its first quarter of iterations, all, and its last."""
-    y = np.array([v for _, v in points])
+def _defined_mean(y: np.ndarray) -> float:
+    """Mean of the values that are not NaN; NaN when none is."""
+    y = y[~np.isnan(y)]
+    return float(y.mean()) if y.size else float("nan")
+
+
+def _quarters(points: tuple[tuple[int, float], ...]) -> tuple[float, float, float, float]:
+    """The mean of a run's per-iteration values over its first quarter of iterations, all, and its last,
+    each over the iterations that have a value, and the share of iterations that have one."""
+    y = np.array([v for _, v in points], dtype=float)
     k = max(1, len(y) // 4)
-    return float(y[:k].mean()), float(y.mean()), float(y[-k:].mean())
+    return _defined_mean(y[:k]), _defined_mean(y), _defined_mean(y[-k:]), float(np.mean(~np.isnan(y)))
 
 
 def correlation_table(groups: dict[tuple[str, str, str, int], list[RunCurve]], dataset: str) -> list[str]:
     """Per group, how well the imitation reward follows the task's own reward on the learner's states: the
     per-iteration correlation early, over the run and late, averaged over seeds (the per-seed run means
-    after); a reward that does not rise with the true reward where the learner is gives it little to climb."""
+    after); a reward that does not rise with the true reward where the learner is gives it little to climb.
+    Iterations whose true reward is constant on the learner's newest states (a sparse reward never earned, a
+    pendulum that always balances) have no correlation: they are left out and counted in "defined"."""
     rows = []
     for (d, v, label, n), group in sorted(groups.items()):
         if d != dataset:
             continue
         per_seed = [_quarters(c.diagnostics["reward_true_corr"]) for c in group if c.diagnostics.get("reward_true_corr")]
         if per_seed:
-            first, whole, last = np.mean(per_seed, axis=0)
+            first, whole, last, defined = (_defined_mean(q) for q in np.array(per_seed).T)
             rows.append(f"| {v} | {label} | {n} | {len(per_seed)} | {first:.2f} | {whole:.2f} | {last:.2f} | "
-                        + ", ".join(f"{q[1]:.2f}" for q in per_seed) + " |")
+                        f"{defined:.0%} | " + ", ".join(f"{q[1]:.2f}" for q in per_seed) + " |")
     if not rows:
         return []
     return ["Correlation of the reward with the true reward on the learner's states (per iteration), averaged "
-            "over each run's first quarter of iterations, all of them and the last quarter, then over seeds:", "",
-            "| variant | algorithm | expert states | seeds | first quarter | whole run | last quarter | per seed, "
-            "whole run |", "|---|---|---:|---:|---:|---:|---:|---|", *rows, ""]
+            "over each run's first quarter of iterations, all of them and the last quarter, then over seeds; "
+            "iterations where the true reward did not vary on those states have none and are left out "
+            "(defined: the share of iterations that have one):", "",
+            "| variant | algorithm | expert states | seeds | first quarter | whole run | last quarter | defined | "
+            "per seed, whole run |", "|---|---|---:|---:|---:|---:|---:|---:|---|", *rows, ""]
 
 
 def plot_data_efficiency(path: Path, dataset: str, summaries: list[Summary]) -> None:

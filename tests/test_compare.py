@@ -122,9 +122,23 @@ def test_correlation_table_averages_each_runs_quarters_then_seeds():
             RunCurve("d", "state-action", "bc", "sac", "default", 10, 0, (1000,), (0.5,))]  # BC has no diagnostics
     lines = correlation_table(_groups(runs), "d")
     rows = [[c.strip() for c in line.strip("|").split("|")] for line in lines if line.startswith("| state")]
-    assert rows == [["state-only", "DAC", "10", "1", "0.10", "0.10", "0.10", "0.10"],
-                    ["state-only", "SMILING", "10", "2", "0.25", "0.39", "0.55", "0.39, 0.40"]]
+    assert rows == [["state-only", "DAC", "10", "1", "0.10", "0.10", "0.10", "100%", "0.10"],
+                    ["state-only", "SMILING", "10", "2", "0.25", "0.39", "0.55", "100%", "0.39, 0.40"]]
     assert correlation_table(_groups(runs[-1:]), "d") == []  # nothing to show without diagnostics
+
+
+def test_correlation_table_leaves_out_iterations_without_a_correlation():
+    """A sparse true reward is constant (correlation NaN) until the learner first earns it: the means are
+    over the iterations that have a value, and the table says what share that was."""
+    nan = float("nan")
+    points = tuple((100 * (i + 1), c) for i, c in enumerate([nan, nan, 0.2, 0.4, 0.5, 0.5, 0.6, 0.7]))
+    never = tuple((100 * (i + 1), nan) for i in range(4))
+    runs = [RunCurve("d", "state-only", "smiling", "sac", "default", 10, 0, (1000,), (0.5,), {"reward_true_corr": points}),
+            RunCurve("d", "state-only", "dac", "sac", "default", 10, 0, (1000,), (0.5,), {"reward_true_corr": never})]
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in correlation_table(_groups(runs), "d")
+            if line.startswith("| state")]
+    assert rows == [["state-only", "DAC", "10", "1", "nan", "nan", "nan", "0%", "nan"],
+                    ["state-only", "SMILING", "10", "1", "nan", "0.48", "0.65", "75%", "0.48"]]
 
 
 def test_budget_cuts_every_run_and_leaves_out_the_shorter_ones(store, tmp_path, monkeypatch):
