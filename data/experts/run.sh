@@ -20,14 +20,9 @@ stochastic_all() {
   stochastic HalfCheetah-v5 halfcheetah
   stochastic Walker2d-v5 walker2d
 }
-dmc() {  # env dataset-name steps: a DMC expert (1,000-step episodes), recorded with its sampled actions as the official code
-  smiling-cli demos --env "$1" --dataset-id "smiling/$2/expert-v0" --algorithm sac --expert-steps "$3" \
-    --expert-net 256,256 --eval-every 10000 --episodes 25 --random-episodes 100 --seed 0 --force \
-    --minari-root data/minari --workdir "data/experts/$2"
-}
-dmc_all() {
-  dmc dm_control/ball_in_cup-catch-v0 ball-in-cup-catch 150000   # 40k: 845 acting deterministically, 518 +- 409 sampling
-  dmc dm_control/cheetah-run-v0 cheetah-run 250000
+dmc_all() {  # the expert() command: demos records sampled actions by default, as the official code does
+  expert dm_control/ball_in_cup-catch-v0 ball-in-cup-catch 150000 256,256   # 40k: 845 acting deterministically, 518 +- 409 sampling
+  expert dm_control/cheetah-run-v0 cheetah-run 250000 256,256
 }
 all() {
   expert Hopper-v5 hopper 300000 128,128
