@@ -219,8 +219,23 @@ def expert_model(v: Variant, rows: np.ndarray, mean: np.ndarray, std: np.ndarray
     return model
 
 
+def correlations(v: Variant, expert: ScoreModel, own_learners: dict[int, ScoreModel], pool_learner: ScoreModel,
+                 rows: np.ndarray, states: dict[str, np.ndarray], draw_seed: int) -> tuple[list[float], list[float], float, np.ndarray]:
+    """With one set of estimator draws: per policy, the correlation of its normalised rewards (under its own learner
+    model) with the true step reward and with velocity; the pooled correlation; each policy's mean unnormalised reward."""
+    within_true, within_vel = [], []
+    for i, learner in own_learners.items():
+        own = states["policy"] == i
+        norm, _ = batched(scorer(v, expert, learner, seed=draw_seed), rows[own], v.params.cost, seed=i)
+        within_true.append(corr(norm, states["reward"][own]))
+        within_vel.append(corr(norm, states["velocity"][own]))
+    norm, raw = batched(scorer(v, expert, pool_learner, seed=draw_seed), rows, v.params.cost, seed=5)
+    means = np.array([raw[states["policy"] == i].mean() for i in own_learners])
+    return within_true, within_vel, corr(norm, states["reward"]), means
+
+
 def screen(env_name: str, with_actions: bool, pretrain_steps: int, learner_steps: int, only: list[str],
-           states: dict[str, np.ndarray]) -> list[dict[str, Any]]:
+           states: dict[str, np.ndarray], draw_seeds: int = 1) -> list[dict[str, Any]]:
     torch.set_num_threads(1)
     use_minari_root("data/minari")
     rows = np.concatenate([states["obs"], states["act"]], 1) if with_actions else states["obs"]
@@ -240,33 +255,35 @@ def screen(env_name: str, with_actions: bool, pretrain_steps: int, learner_steps
             x = demos[v.demos]
             experts[key] = expert_model(v, x, *mean_std(x), pretrain_steps, seed=0)
         expert = experts[key]
-        within_true, within_vel = [], []
         for i in range(len(states["returns"])):
-            own = states["policy"] == i
-            lkey = (key, i)
-            if lkey not in learners:
-                learners[lkey] = fitted(expert, rows[own], learner_steps, seed=1 + i)
-            norm, _ = batched(scorer(v, expert, learners[lkey], seed=11), rows[own], v.params.cost, seed=i)
-            within_true.append(corr(norm, states["reward"][own]))
-            within_vel.append(corr(norm, states["velocity"][own]))
+            if (key, i) not in learners:
+                learners[(key, i)] = fitted(expert, rows[states["policy"] == i], learner_steps, seed=1 + i)
         if (key, "pool") not in learners:
             learners[(key, "pool")] = fitted(expert, rows, 3 * learner_steps, seed=99)
-        pool = scorer(v, expert, learners[(key, "pool")], seed=11)
-        norm, raw = batched(pool, rows, v.params.cost, seed=5)
-        means = np.array([raw[states["policy"] == i].mean() for i in range(len(states["returns"]))])
+        per_draw = [correlations(v, expert, {i: learners[(key, i)] for i in range(len(states["returns"]))},
+                                 learners[(key, "pool")], rows, states, draw_seed) for draw_seed in range(11, 11 + draw_seeds)]
+        within_true, _, _, means = per_draw[0]  # per policy and the ranking: the first draw set's
         timing = scorer(v, expert, learners[(key, "pool")], seed=12)
         t0 = time.perf_counter()
         for i in range(0, 1_000, BATCH):
             timing(torch.as_tensor(rows[i : min(i + BATCH, 1_000)]))
         cost_ms = 1e3 * (time.perf_counter() - t0)
-        result = {"variant": v.name, "within_true": float(np.nanmean(within_true)), "within_velocity": float(np.nanmean(within_vel)),
-                  "within_true_per_policy": within_true, "pooled_true": corr(norm, states["reward"]),
+        result = {"variant": v.name, "within_true": float(np.mean([np.nanmean(d[0]) for d in per_draw])),
+                  "within_velocity": float(np.mean([np.nanmean(d[1]) for d in per_draw])),
+                  "within_true_per_policy": within_true, "pooled_true": float(np.mean([d[2] for d in per_draw])),
+                  "draw_seeds": draw_seeds, "within_true_sd": float(np.std([np.nanmean(d[0]) for d in per_draw])),
+                  "pooled_true_sd": float(np.std([d[2] for d in per_draw])),
                   "ranking_spearman": spearman(means, states["returns"]), "mean_reward_per_policy": means.tolist(),
                   "ms_per_1000_rows": cost_ms, "seconds": time.time() - started}
-        print(f"{v.name:32s} within {result['within_true']:+.2f} vel {result['within_velocity']:+.2f} pooled "
+        print(f"{v.name:32s} within {result['within_true']:+.2f}{spread(result, 'within_true_sd')} vel {result['within_velocity']:+.2f} pooled "
               f"{result['pooled_true']:+.2f} rank {result['ranking_spearman']:+.2f} cost {cost_ms:.0f} ms/1k", flush=True)
         results.append(result)
     return results
+
+
+def spread(result: dict[str, Any], key: str) -> str:
+    """' ± sd' over the draw sets where the variant was scored with more than one."""
+    return f" ± {result[key]:.2f}" if result.get("draw_seeds", 1) > 1 else ""
 
 
 def write(out: Path, name: str, title: str, results: list[dict[str, Any]], command: str, header: str,
@@ -278,7 +295,8 @@ def write(out: Path, name: str, title: str, results: list[dict[str, Any]], comma
              header + ", ".join(f"{r:.2f}" for r in returns), "",
              "| variant | within: corr true reward | within: corr velocity | pooled: corr true | ranking (Spearman) | ms / 1,000 rows |",
              "|---|---:|---:|---:|---:|---:|"]
-    lines += [f"| {r['variant']} | {r['within_true']:+.2f} | {r['within_velocity']:+.2f} | {r['pooled_true']:+.2f} | "
+    lines += [f"| {r['variant']} | {r['within_true']:+.2f}{spread(r, 'within_true_sd')} | {r['within_velocity']:+.2f} | "
+              f"{r['pooled_true']:+.2f}{spread(r, 'pooled_true_sd')} | "
               f"{r['ranking_spearman']:+.2f} | {r['ms_per_1000_rows']:.0f} |" for r in results]
     (out / f"{name}.md").write_text("\n".join(lines) + "\n")
 
@@ -291,13 +309,17 @@ def main() -> None:
     ap.add_argument("--learner-steps", type=int, default=2_000)
     ap.add_argument("--only", nargs="*", default=[], help="variant names to run (default: all)")
     ap.add_argument("--run-buffer", type=Path, help="an RL run's replay_buffer.pkl: screen on its own states")
+    ap.add_argument("--draw-seeds", type=int, default=1,
+                    help="score with this many sets of estimator draws (seeds 11, 12, ...): mean and spread over them")
     ap.add_argument("--run-label", default="run", help="names the run's state set and report")
     ap.add_argument("--out", type=Path, default=Path("reports/fidelity/screening"))
     args = ap.parse_args()
     command = ("python studies/reward_screening.py --env " + args.env + (" --with-actions" if args.with_actions else "")
                + (f" --pretrain-steps {args.pretrain_steps}" if args.pretrain_steps != 20_000 else "")
                + (f" --learner-steps {args.learner_steps}" if args.learner_steps != 2_000 else "")
-               + (f" --run-buffer {args.run_buffer} --run-label {args.run_label}" if args.run_buffer else ""))
+               + (f" --run-buffer {args.run_buffer} --run-label {args.run_label}" if args.run_buffer else "")
+               + (f" --draw-seeds {args.draw_seeds}" if args.draw_seeds != 1 else "")
+               + "".join(f" --only '{o}'" for o in args.only))
     name = f"{args.env}{'-sa' if args.with_actions else ''}"
     title = f"{ENVS[args.env]} {'state-action' if args.with_actions else 'state-only'}"
     if args.run_buffer:
@@ -307,7 +329,8 @@ def main() -> None:
     else:
         states = collect(args.env)
         header = "Policies (det eps = 0, 0.25, 0.5, 0.75, 1; stochastic expert), mean returns: "
-    results = screen(args.env, args.with_actions, args.pretrain_steps, args.learner_steps, args.only, states)
+    results = screen(args.env, args.with_actions, args.pretrain_steps, args.learner_steps, args.only, states,
+                     args.draw_seeds)
     write(args.out, name, title, results, command, header, states["returns"])
 
 
