@@ -319,7 +319,7 @@ def main() -> None:
                + (f" --learner-steps {args.learner_steps}" if args.learner_steps != 2_000 else "")
                + (f" --run-buffer {args.run_buffer} --run-label {args.run_label}" if args.run_buffer else "")
                + (f" --draw-seeds {args.draw_seeds}" if args.draw_seeds != 1 else "")
-               + "".join(f" --only '{o}'" for o in args.only))
+               + (" --only " + " ".join(f"'{o}'" for o in args.only) if args.only else ""))
     name = f"{args.env}{'-sa' if args.with_actions else ''}"
     title = f"{ENVS[args.env]} {'state-action' if args.with_actions else 'state-only'}"
     if args.run_buffer:
