@@ -263,16 +263,18 @@ def screen(env_name: str, with_actions: bool, pretrain_steps: int, learner_steps
         per_draw = [correlations(v, expert, {i: learners[(key, i)] for i in range(len(states["returns"]))},
                                  learners[(key, "pool")], rows, states, draw_seed) for draw_seed in range(11, 11 + draw_seeds)]
         within_true, _, _, means = per_draw[0]  # per policy and the ranking: the first draw set's
+        within_means = [float(np.nanmean(d[0])) for d in per_draw]
+        pooled = [d[2] for d in per_draw]
         timing = scorer(v, expert, learners[(key, "pool")], seed=12)
         t0 = time.perf_counter()
         for i in range(0, 1_000, BATCH):
             timing(torch.as_tensor(rows[i : min(i + BATCH, 1_000)]))
         cost_ms = 1e3 * (time.perf_counter() - t0)
-        result = {"variant": v.name, "within_true": float(np.mean([np.nanmean(d[0]) for d in per_draw])),
+        result = {"variant": v.name, "within_true": float(np.mean(within_means)),
                   "within_velocity": float(np.mean([np.nanmean(d[1]) for d in per_draw])),
-                  "within_true_per_policy": within_true, "pooled_true": float(np.mean([d[2] for d in per_draw])),
-                  "draw_seeds": draw_seeds, "within_true_sd": float(np.std([np.nanmean(d[0]) for d in per_draw])),
-                  "pooled_true_sd": float(np.std([d[2] for d in per_draw])),
+                  "within_true_per_policy": within_true, "pooled_true": float(np.mean(pooled)),
+                  "draw_seeds": draw_seeds, "within_true_sd": float(np.std(within_means)),
+                  "pooled_true_sd": float(np.std(pooled)),
                   "ranking_spearman": spearman(means, states["returns"]), "mean_reward_per_policy": means.tolist(),
                   "ms_per_1000_rows": cost_ms, "seconds": time.time() - started}
         print(f"{v.name:32s} within {result['within_true']:+.2f}{spread(result, 'within_true_sd')} vel {result['within_velocity']:+.2f} pooled "
