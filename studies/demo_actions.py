@@ -51,31 +51,35 @@ def runs(source: str, task: str, variant: str, algorithm: str, budget: int) -> l
     return [c for c in kept if c.steps[-1] == budget]
 
 
-def row(task: str, demos: str, group: list[compare.RunCurve]) -> str:
-    """One table row: finals (mean and 95 % interval, per seed), AUC, the reward-true correlation over each run."""
+def row(task: str, demos: str, group: list[compare.RunCurve], own: float) -> str:
+    """One table row: finals (mean and 95 % interval, per seed; ``own``: the mean on the run's own dataset's
+    scale), AUC, the reward-true correlation over each run."""
     s = compare.summarise(group)
     corr = [compare._quarters(c.diagnostics["reward_true_corr"])[1] for c in group
             if c.diagnostics.get("reward_true_corr")]
     corr_text = f"{np.nanmean(corr):.2f} ({' / '.join(f'{x:.2f}' for x in corr)})" if corr else "-"
     return (f"| {task} | {demos} | {len(group)} | {s.mean:.3f} [{s.mean_ci[0]:.2f}, {s.mean_ci[1]:.2f}] | "
-            + " / ".join(f"{c.final:.3f}" for c in group) + f" | {s.auc:.2f} | {corr_text} |")
+            + " / ".join(f"{c.final:.3f}" for c in group) + f" | {own:.3f} | {s.auc:.2f} | {corr_text} |")
 
 
 def table(minari_root: Path, budget: int) -> list[str]:
     """Per task and variant with v1 SMILING cells: each method on each demo version, on v0's scale."""
-    lines = ["| task, variant | demos, method | seeds | final (v0 scale) [95 % CI] | per seed | AUC (v0 scale) | "
-             "reward-true corr. over the run (per seed) |", "|---|---|---:|---:|---|---:|---|"]
+    lines = ["| task, variant | demos, method | seeds | final (v0 scale) [95 % CI] | per seed | final (own expert's "
+             "scale) | AUC (v0 scale) | reward-true corr. over the run (per seed) |",
+             "|---|---|---:|---:|---|---:|---:|---|"]
     for task in TASKS:
         v0, v1 = references(task, "v0", minari_root), references(task, "v1", minari_root)
         for variant in VARIANTS:
-            stochastic = {m: [on_scale(c, v1, v0) for c in runs("v1", task, variant, m, budget)] for m in ("smiling", "dac")}
+            stochastic = {m: runs("v1", task, variant, m, budget) for m in ("smiling", "dac")}
             if not stochastic["smiling"]:
                 continue
             groups = {"deterministic (v0), SMILING": runs("v0", task, variant, "smiling", budget),
                       "**stochastic (v1), SMILING**": stochastic["smiling"],
                       "deterministic (v0), DAC": runs("dac", task, variant, "dac", budget),
                       "stochastic (v1), DAC": stochastic["dac"]}
-            lines += [row(f"{task} {variant}", name, g) for name, g in groups.items() if g]
+            lines += [row(f"{task} {variant}", name, [on_scale(c, v1, v0) for c in g] if "v1" in name else g,
+                          float(np.mean([c.final for c in g])))
+                      for name, g in groups.items() if g]
     return lines
 
 
@@ -88,7 +92,8 @@ def main() -> None:
     lines = [f"# Stochastic- vs deterministic-action demonstrations, default SMILING, {args.budget:,} env steps", "",
              "Command: `.venv/bin/python studies/demo_actions.py --out " + str(args.out) + "`", "",
              "final = mean of the last 3 evaluations (5 episodes each); returns of the v1 cells re-expressed on v0's "
-             "reference scores; 95 % percentile-bootstrap intervals over seeds; correlation = the per-iteration "
+             "reference scores (the same raw return for both; 'own expert's scale': against the dataset the run "
+             "imitated, whose expert acted stochastically for v1); 95 % percentile-bootstrap intervals over seeds; correlation = the per-iteration "
              "correlation of the reward with the true reward on the learner's newest states, averaged over the run.",
              "", *table(args.minari_root, args.budget), ""]
     args.out.mkdir(parents=True, exist_ok=True)
