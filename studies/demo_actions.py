@@ -8,7 +8,7 @@ Run from the repository root (reads committed sweep cells; a few seconds):
 
 Issue 26. The cells: the default SMILING on v0 (``sweeps/fidelity.yaml``'s raw-rank cells, reports/fidelity/cells),
 on v1 (``sweeps/fidelity-stochastic.yaml``, reports/fidelity/stochastic-cells), and the faithful DAC on v0 (the
-locomotion study, cut to the same budget) and on v1 where that sweep has run it. The two dataset versions have their own reference scores (the
+locomotion study, cut to the same budget) and on v1 where that sweep has run it; BC (state-action) likewise. The two dataset versions have their own reference scores (the
 stochastic expert's return is the v1 "expert"), so every return is put on v0's scale before it is compared.
 """
 
@@ -27,7 +27,7 @@ from smiling_pipeline.evaluate import References
 TASKS = ("halfcheetah", "hopper", "walker2d")
 VARIANTS = ("state-only", "state-action")
 CELLS = {"v0": [Path("reports/fidelity/cells")], "v1": [Path("reports/fidelity/stochastic-cells")],
-         "dac": [Path("reports/loco/cells"), Path("reports/loco-hopper/cells")]}
+         "loco": [Path("reports/loco/cells"), Path("reports/loco-hopper/cells")]}
 
 
 def references(task: str, version: str, root: Path) -> References:
@@ -48,7 +48,7 @@ def runs(source: str, task: str, variant: str, algorithm: str, budget: int) -> l
     found = [c for folder in CELLS[source] for c in compare.load_cells(folder, f"smiling/{task}/expert-{version}")
              if c.variant == variant and c.algorithm == algorithm and c.config == "default"]
     kept, _ = compare.within_budget(found, budget)
-    return [c for c in kept if c.steps[-1] == budget]
+    return [c for c in kept if c.env_free or c.steps[-1] == budget]
 
 
 def row(task: str, demos: str, group: list[compare.RunCurve], own: float) -> str:
@@ -70,13 +70,15 @@ def table(minari_root: Path, budget: int) -> list[str]:
     for task in TASKS:
         v0, v1 = references(task, "v0", minari_root), references(task, "v1", minari_root)
         for variant in VARIANTS:
-            stochastic = {m: runs("v1", task, variant, m, budget) for m in ("smiling", "dac")}
+            stochastic = {m: runs("v1", task, variant, m, budget) for m in ("smiling", "dac", "bc")}
             if not stochastic["smiling"]:
                 continue
             groups = {"deterministic (v0), SMILING": runs("v0", task, variant, "smiling", budget),
                       "**stochastic (v1), SMILING**": stochastic["smiling"],
-                      "deterministic (v0), DAC": runs("dac", task, variant, "dac", budget),
-                      "stochastic (v1), DAC": stochastic["dac"]}
+                      "deterministic (v0), DAC": runs("loco", task, variant, "dac", budget),
+                      "stochastic (v1), DAC": stochastic["dac"],
+                      "deterministic (v0), BC": runs("loco", task, variant, "bc", budget),
+                      "stochastic (v1), BC": stochastic["bc"]}
             lines += [row(f"{task} {variant}", name, [on_scale(c, v1, v0) for c in g] if "v1" in name else g,
                           float(np.mean([c.final for c in g])))
                       for name, g in groups.items() if g]
