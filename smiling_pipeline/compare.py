@@ -326,7 +326,7 @@ def _defined_mean(y: np.ndarray) -> float:
     return float(y.mean()) if y.size else float("nan")
 
 
-def _quarters(points: tuple[tuple[int, float], ...]) -> tuple[float, float, float, float]:
+def quarters(points: tuple[tuple[int, float], ...]) -> tuple[float, float, float, float]:
     """The mean of a run's per-iteration values over its first quarter of iterations, all, and its last,
     each over the iterations that have a value, and the share of iterations that have one."""
     y = np.array([v for _, v in points], dtype=float)
@@ -344,7 +344,7 @@ def correlation_table(groups: dict[tuple[str, str, str, int], list[RunCurve]], d
     for (d, v, label, n), group in sorted(groups.items()):
         if d != dataset:
             continue
-        per_seed = [_quarters(c.diagnostics["reward_true_corr"]) for c in group if c.diagnostics.get("reward_true_corr")]
+        per_seed = [quarters(c.diagnostics["reward_true_corr"]) for c in group if c.diagnostics.get("reward_true_corr")]
         if per_seed:
             first, whole, last, defined = (_defined_mean(q) for q in np.array(per_seed).T)
             rows.append(f"| {v} | {label} | {n} | {len(per_seed)} | {first:.2f} | {whole:.2f} | {last:.2f} | "

@@ -55,7 +55,7 @@ def row(task: str, demos: str, group: list[compare.RunCurve], own: float) -> str
     """One table row: finals (mean and 95 % interval, per seed; ``own``: the mean on the run's own dataset's
     scale), AUC, the reward-true correlation over each run."""
     s = compare.summarise(group)
-    corr = [compare._quarters(c.diagnostics["reward_true_corr"])[1] for c in group
+    corr = [compare.quarters(c.diagnostics["reward_true_corr"])[1] for c in group
             if c.diagnostics.get("reward_true_corr")]
     corr_text = f"{np.nanmean(corr):.2f} ({' / '.join(f'{x:.2f}' for x in corr)})" if corr else "-"
     return (f"| {task} | {demos} | {len(group)} | {s.mean:.3f} [{s.mean_ci[0]:.2f}, {s.mean_ci[1]:.2f}] | "
