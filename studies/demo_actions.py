@@ -53,13 +53,14 @@ def runs(source: str, task: str, variant: str, algorithm: str, budget: int) -> l
 
 def row(task: str, demos: str, group: list[compare.RunCurve], own: float) -> str:
     """One table row: finals (mean and 95 % interval, per seed; ``own``: the mean on the run's own dataset's
-    scale), AUC, the reward-true correlation over each run."""
+    scale), AUC (none for BC), the reward-true correlation over each run."""
     s = compare.summarise(group)
     corr = [compare.quarters(c.diagnostics["reward_true_corr"])[1] for c in group
             if c.diagnostics.get("reward_true_corr")]
     corr_text = f"{np.nanmean(corr):.2f} ({' / '.join(f'{x:.2f}' for x in corr)})" if corr else "-"
+    auc = "-" if group[0].env_free else f"{s.auc:.2f}"  # BC has one evaluation, no curve
     return (f"| {task} | {demos} | {len(group)} | {s.mean:.3f} [{s.mean_ci[0]:.2f}, {s.mean_ci[1]:.2f}] | "
-            + " / ".join(f"{c.final:.3f}" for c in group) + f" | {own:.3f} | {s.auc:.2f} | {corr_text} |")
+            + " / ".join(f"{c.final:.3f}" for c in group) + f" | {own:.3f} | {auc} | {corr_text} |")
 
 
 def table(minari_root: Path, budget: int) -> list[str]:
