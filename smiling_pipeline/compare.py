@@ -31,6 +31,8 @@ ABLATION_COLORS = ("tab:purple", "tab:red", "tab:brown", "tab:pink", "tab:olive"
 
 DIAGNOSTICS = {"reward_mean_expert": "DS-divergence estimate\n(mean reward on expert states)",
                "reward_true_corr": "correlation of the reward with the true reward\n(learner states; moving mean of 10 iterations)"}
+# the correlation of each half of the reward (``RewardModel.halves``) with the true reward: tabled, not plotted
+HALVES = {"reward_true_corr_expert": "expert half", "reward_true_corr_learner": "learner half"}
 SMOOTH = {"reward_true_corr": 10}  # iterations averaged in the diagnostics plot: one iteration's value is noisy
 FINAL_EVALS = 3  # "final" = the mean of the last evaluations: one evaluation swings with a single episode
 MIN_SEEDS = 3  # the overview names a leader only when every method in the row has this many seeds
@@ -49,7 +51,7 @@ class RunCurve:
     seed: int
     steps: tuple[int, ...]
     returns: tuple[float, ...]
-    # per-iteration diagnostics (``DIAGNOSTICS``): metric -> ((env steps, value), ...)
+    # per-iteration diagnostics (``DIAGNOSTICS``, ``HALVES``): metric -> ((env steps, value), ...)
     diagnostics: dict[str, tuple[tuple[int, float], ...]] = field(default_factory=dict, compare=False)
     name: str = field(default="", compare=False)  # the sweep cell, DVC experiment or MLflow run
     seconds: Optional[float] = field(default=None, compare=False)  # training wall time (``train_seconds``)
@@ -128,7 +130,7 @@ def load_runs(tracking_uri: str, dataset: Optional[str] = None, exp_prefix: Opti
         history = r.history("normalized_return")
         if not history or "expert_states" not in r.tags:
             continue
-        diagnostics = {k: tuple(r.history(k)) for k in DIAGNOSTICS}
+        diagnostics = {k: tuple(r.history(k)) for k in (*DIAGNOSTICS, *HALVES)}
         curve = _curve(r.tags, r.params, tuple(s for s, _ in history), tuple(v for _, v in history), diagnostics,
                        name or r.name, r.metrics.get("train_seconds"))
         latest.setdefault(_key(curve), curve)
@@ -152,7 +154,7 @@ def load_cells(folder: Path, dataset: Optional[str] = None, exp_prefix: Optional
         with open(cell.parent / "iterations.csv") as f:
             iterations = list(csv.DictReader(f))
         diagnostics = {k: tuple((int(r["env_steps"]), float(r[k])) for r in iterations if r.get(k) not in (None, ""))
-                       for k in DIAGNOSTICS}
+                       for k in (*DIAGNOSTICS, *HALVES)}
         curve = _curve(tags, info.get("settings"), tuple(int(r["env_steps"]) for r in rows),
                        tuple(float(r["normalized_return"]) for r in rows), diagnostics, cell.parent.name, seconds,
                        "train_seconds" not in info)
@@ -344,7 +346,7 @@ def correlation_table(groups: dict[tuple[str, str, str, int], list[RunCurve]], d
     for (d, v, label, n), group in sorted(groups.items()):
         if d != dataset:
             continue
-        per_seed = [quarters(c.diagnostics["reward_true_corr"]) for c in group if c.diagnostics.get("reward_true_corr")]
+        per_seed = _seed_quarters(group, "reward_true_corr")
         if per_seed:
             first, whole, last, defined = (_defined_mean(q) for q in np.array(per_seed).T)
             rows.append(f"| {v} | {label} | {n} | {len(per_seed)} | {first:.2f} | {whole:.2f} | {last:.2f} | "
@@ -357,6 +359,31 @@ def correlation_table(groups: dict[tuple[str, str, str, int], list[RunCurve]], d
             "(defined: the share of iterations that have one):", "",
             "| variant | algorithm | expert states | seeds | first quarter | whole run | last quarter | defined | "
             "per seed, whole run |", "|---|---|---:|---:|---:|---:|---:|---:|---|", *rows, ""]
+
+
+def _seed_quarters(group: list[RunCurve], metric: str) -> list[tuple[float, float, float, float]]:
+    """:func:`quarters` of one diagnostic for each run of a group that recorded it."""
+    return [quarters(c.diagnostics[metric]) for c in group if c.diagnostics.get(metric)]
+
+
+def halves_table(groups: dict[tuple[str, str, str, int], list[RunCurve]], dataset: str) -> list[str]:
+    """Per group whose runs recorded them, the correlation of each half of the reward with the true reward
+    (first quarter / whole run / last quarter, averaged over seeds as in :func:`correlation_table`): which of
+    the two models' errors follows the task where the whole reward does not."""
+    rows = []
+    for (d, v, label, n), group in sorted(groups.items()):
+        per_half = {k: _seed_quarters(group, k) for k in HALVES}
+        if d != dataset or not all(any(np.isfinite(q[1]) for q in qs) for qs in per_half.values()):
+            continue  # not recorded, or NaN throughout (a reward without halves: DAC)
+        cells = [" / ".join(f"{_defined_mean(q):.2f}" for q in np.array(per_seed).T[:3]) for per_seed in per_half.values()]
+        rows.append(f"| {v} | {label} | {n} | {len(per_half['reward_true_corr_expert'])} | " + " | ".join(cells) + " |")
+    if not rows:
+        return []
+    return ["Correlation of each half of the reward with the true reward on the learner's states (the expert "
+            "half: minus the expert model's denoising error; the learner half: the learner model's error; their "
+            "sum is the reward), first quarter / whole run / last quarter, averaged over seeds:", "",
+            "| variant | algorithm | expert states | seeds | " + " | ".join(HALVES.values()) + " |",
+            "|---|---|---:|---:|---:|---:|", *rows, ""]
 
 
 def plot_data_efficiency(path: Path, dataset: str, summaries: list[Summary]) -> None:
@@ -517,7 +544,7 @@ def write_comparison(tracking_uri: Optional[str], out: Path, dataset: Optional[s
             lines += ["", f"![learning curves]({slug}_curves.png)", "", *run_table(here), ""]
             if plot_diagnostics(tmp / f"{slug}_diagnostics.png", d, groups, states[d]):
                 lines += [f"![diagnostics]({slug}_diagnostics.png)", ""]
-            lines += correlation_table(groups, d)
+            lines += correlation_table(groups, d) + halves_table(groups, d)
             by_group = defaultdict(set)
             for c in here:
                 by_group[(c.label, c.variant)].add(c.expert_states)

@@ -61,6 +61,11 @@ class RewardModel(ABC):
         per row by the buffer, passed back to :meth:`rewards`); None if there is none."""
         return None
 
+    def halves(self, rows: torch.Tensor) -> Optional[dict[str, torch.Tensor]]:
+        """The reward's additive parts by the model they come from (summing to the unnormalised reward), for
+        diagnostics: which part follows the task and which works against it; None where there are none."""
+        return None
+
     @abstractmethod
     def _rewards(self, rows: torch.Tensor, fixed: Optional[torch.Tensor]) -> torch.Tensor: ...
 
@@ -156,6 +161,10 @@ class SmilingReward(ScoreMatchingReward):
     def _rewards(self, rows: torch.Tensor, fixed: Optional[torch.Tensor]) -> torch.Tensor:
         return self._errors("learner", rows) + (self.fixed_part(rows) if fixed is None else fixed)
 
+    def halves(self, rows: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``expert``: minus the expert model's denoising error; ``learner``: the learner model's error."""
+        return {"expert": self.fixed_part(rows), "learner": self._errors("learner", rows)}
+
     def refit(self, learner_rows: np.ndarray, cfg: TrainConfig, iteration: int) -> float:
         loss = super().refit(learner_rows, cfg, iteration)
         if self.cfg.draws == "refit":
@@ -201,19 +210,25 @@ class OfficialReward(ScoreMatchingReward):
         self.generator = torch.Generator(device=device).manual_seed(seed)
         self.chunk_rows = chunk_rows  # tiled rows per forward pass (memory only: the noise is drawn whole first)
 
-    @torch.inference_mode()
     def _rewards(self, rows: torch.Tensor, fixed: Optional[torch.Tensor]) -> torch.Tensor:
+        parts = self.halves(rows)
+        return parts["learner"] + parts["expert"]
+
+    @torch.inference_mode()
+    def halves(self, rows: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Both models' errors on the same tiled rows and noise: ``expert`` (negated) and ``learner``."""
         x0 = self.expert.normalize(rows)  # the identity with score.normalize: false (the official raw inputs)
         b, k = len(x0), len(self.grid)
         tiled = x0.repeat(k, 1)
         t = self.grid.repeat(b)
         noise = torch.randn(tiled.shape, generator=self.generator, device=x0.device)
-        r = torch.empty(b * k, device=x0.device)
+        errors = {name: torch.empty(b * k, device=x0.device) for name in ("expert", "learner")}
         for i in range(0, b * k, self.chunk_rows):
             j = slice(i, i + self.chunk_rows)
             x_t = self.expert.diffuse(tiled[j], t[j], noise[j])
-            r[j] = ((self.learner(x_t, t[j]) - noise[j]) ** 2).mean(1) - ((self.expert(x_t, t[j]) - noise[j]) ** 2).mean(1)
-        return r.view(k, b).mean(0)
+            for name, e in errors.items():
+                e[j] = ((getattr(self, name)(x_t, t[j]) - noise[j]) ** 2).mean(1)
+        return {"expert": -errors["expert"].view(k, b).mean(0), "learner": errors["learner"].view(k, b).mean(0)}
 
     def normalize_batch(self, r: torch.Tensor) -> torch.Tensor:
         """The official ``reward_fn``: ``(r - mean) / (std + 1e-6) * target_std`` with the unbiased std (other

@@ -99,10 +99,10 @@ class SmilingReplayBuffer(ReplayBuffer):
         each row's fixed part once per :attr:`RewardModel.fixed_version`."""
         model = self._model()
         if not model.cacheable:
-            return model.rewards(self._rows(idx)).cpu().numpy()
+            return model.rewards(self.rows_at(idx)).cpu().numpy()
         stale = np.unique(idx[self._cache_version[idx] != model.version])
         if len(stale):
-            rows = self._rows(stale)
+            rows = self.rows_at(stale)
             missing = self._fixed_version[stale] != model.fixed_version
             if missing.any():
                 part = model.fixed_part(rows[torch.as_tensor(missing, device=rows.device)])
@@ -115,7 +115,7 @@ class SmilingReplayBuffer(ReplayBuffer):
             self._cache_version[stale] = model.version
         return self._cache[idx]
 
-    def _rows(self, idx: np.ndarray, on_device: bool = True) -> torch.Tensor:
+    def rows_at(self, idx: np.ndarray, on_device: bool = True) -> torch.Tensor:
         """Score-model inputs of the rows at ``idx``: on the learner's device, or CPU tensors over the
         gathered arrays (no further copy)."""
         convert = self.to_torch if on_device else torch.as_tensor
@@ -130,7 +130,7 @@ class SmilingReplayBuffer(ReplayBuffer):
 
     def learner_rows(self, window: Optional[int]) -> np.ndarray:
         """The learner's score-model inputs stored so far (the newest ``window`` of them)."""
-        return self._rows(self.newest(window), on_device=False).float().numpy()
+        return self.rows_at(self.newest(window), on_device=False).float().numpy()
 
 
 def attach(model: Any, reward_model: RewardModel, cfg: TrainConfig) -> SmilingReplayBuffer:
@@ -184,6 +184,10 @@ class IterationStats:
     # Pearson correlation of the imitation reward with the environment's reward on the newest learner
     # transitions: how well the learned reward tracks the task (a diagnostic; training never sees it)
     reward_true_corr: float
+    # the same for each of the reward's halves (:meth:`RewardModel.halves`; NaN where it has none): SMILING's
+    # expert half (minus the expert model's error) and learner half (the learner model's error)
+    reward_true_corr_expert: float = float("nan")
+    reward_true_corr_learner: float = float("nan")
 
 
 def correlation(a: np.ndarray, b: np.ndarray) -> float:
@@ -213,11 +217,14 @@ class LearnerRefit:
             self._expert_val_fixed = (self.reward_model.fixed_version, self.reward_model.fixed_part(self.expert_val))
         newest = buffer.newest(2048)
         learner = buffer.rewards_at(newest)  # through the buffer's cache: then known for the new version
+        true = buffer.rewards[newest, 0]
+        halves = self.reward_model.halves(buffer.rows_at(newest)) or {}
         return IterationStats(
             iteration=self.iteration,
             env_steps=env_steps,
             refit_loss=loss,
             reward_mean_expert=float(self.reward_model.rewards(self.expert_val, self._expert_val_fixed[1]).mean()),
             reward_mean_learner=float(learner.mean()),
-            reward_true_corr=correlation(learner, buffer.rewards[newest, 0]),
+            reward_true_corr=correlation(learner, true),
+            **{f"reward_true_corr_{name}": correlation(part.float().cpu().numpy(), true) for name, part in halves.items()},
         )

@@ -15,6 +15,7 @@ from smiling_pipeline.compare import (
     _default_states,
     _groups,
     correlation_table,
+    halves_table,
     load_runs,
     mean_curve,
     overview,
@@ -139,6 +140,26 @@ def test_correlation_table_leaves_out_iterations_without_a_correlation():
             if line.startswith("| state")]
     assert rows == [["state-only", "DAC", "10", "1", "nan", "nan", "nan", "0%", "nan"],
                     ["state-only", "SMILING", "10", "1", "nan", "0.48", "0.65", "75%", "0.48"]]
+
+
+def test_halves_table_shows_each_half_where_it_was_recorded():
+    def points(values):
+        return tuple((100 * (i + 1), v) for i, v in enumerate(values))
+
+    nan = float("nan")
+    # 4 iterations: quarters of 1; the expert half follows the task, the learner half works against it early
+    smiling = [RunCurve("d", "state-only", "smiling", "sac", "default", 10, s, (1000,), (0.5,),
+                        {"reward_true_corr": points([0.1] * 4), "reward_true_corr_expert": points([0.6, 0.5, 0.5, 0.4]),
+                         "reward_true_corr_learner": points([-0.8 + 0.4 * s, -0.4, 0.0, 0.2])}) for s in range(2)]
+    dac = RunCurve("d", "state-only", "dac", "sac", "default", 10, 0, (1000,), (0.5,),
+                   {"reward_true_corr": points([0.5] * 4), "reward_true_corr_expert": points([nan] * 4),
+                    "reward_true_corr_learner": points([nan] * 4)})
+    old = RunCurve("d", "state-action", "smiling", "sac", "default", 10, 0, (1000,), (0.5,),
+                   {"reward_true_corr": points([0.3] * 4)})  # recorded before the halves were
+    lines = halves_table(_groups([*smiling, dac, old]), "d")
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in lines if line.startswith("| state")]
+    assert rows == [["state-only", "SMILING", "10", "2", "0.60 / 0.50 / 0.40", "-0.60 / -0.20 / 0.20"]]
+    assert halves_table(_groups([dac, old]), "d") == []
 
 
 def test_budget_cuts_every_run_and_leaves_out_the_shorter_ones(store, tmp_path, monkeypatch):

@@ -111,3 +111,43 @@ def test_the_official_refit_trains_the_learner_on_every_timestep():
     loss = model.refit(rows, TrainConfig(learner_fit_steps=3, learner_batch_size=64), iteration=0)
     assert np.isfinite(loss) and model.version == before + 1
     assert model.learner.t_max == ScoreConfig().num_timesteps
+
+
+def test_the_halves_sum_to_the_reward_in_both_estimators():
+    x = torch.randn(16, 5)
+    fast = SmilingReward(official_pair().expert, CostConfig(), None, seed=3)
+    with torch.no_grad():
+        for w in fast.learner.parameters():
+            w.add_(0.3 * torch.randn_like(w))
+    parts = fast.halves(x)
+    torch.testing.assert_close(parts["expert"] + parts["learner"], fast.rewards(x))
+    assert (parts["expert"] < 0).all() and (parts["learner"] > 0).all()  # minus one model's error, the other's error
+    a, b = official_pair(), official_pair()  # same weights and noise stream
+    parts = a.halves(x)
+    torch.testing.assert_close(parts["expert"] + parts["learner"], b.rewards(x))
+
+
+def test_each_refit_reports_how_each_half_follows_the_true_reward():
+    """The true reward set to the expert half itself: that half correlates perfectly, the learner half is
+    measured too, and a reward without halves (DAC) reports NaN."""
+    from gymnasium.spaces import Box
+
+    from smiling_pipeline.baselines import DacReward
+    from smiling_pipeline.config import BaselinesConfig
+    from smiling_pipeline.rl import LearnerRefit, SmilingReplayBuffer
+
+    model = SmilingReward(official_pair().expert, CostConfig(), None, seed=3)
+    rows = np.random.default_rng(0).normal(size=(64, 5)).astype(np.float32)
+    true = model.halves(torch.as_tensor(rows))["expert"].numpy()
+    buffer = SmilingReplayBuffer(100, Box(-10, 10, (5,)), Box(-1, 1, (1,)), device="cpu")
+    for row, r in zip(rows, true, strict=True):
+        buffer.add(row[None], row[None], np.zeros((1, 1), np.float32), np.array([r]), np.zeros(1), [{}])
+    buffer.reward_model = model
+    cfg = TrainConfig(learner_fit_steps=5, learner_batch_size=32)
+    stats = LearnerRefit(model, cfg, rows)(buffer, 64)
+    assert stats.reward_true_corr_expert == pytest.approx(1.0)
+    assert -1 <= stats.reward_true_corr_learner < 1 and -1 <= stats.reward_true_corr < 1
+    dac = DacReward(rows, rows.mean(0), rows.std(0), CostConfig(), BaselinesConfig(), None)
+    buffer.reward_model = dac
+    stats = LearnerRefit(dac, cfg, rows)(buffer, 64)
+    assert np.isnan(stats.reward_true_corr_expert) and np.isfinite(stats.reward_true_corr)
