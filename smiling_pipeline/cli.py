@@ -329,6 +329,7 @@ def train(
     from smiling_pipeline import algorithms
     from smiling_pipeline.envs import make_env
     from smiling_pipeline.pipeline import ensure_ingested, ensure_pretrained
+    from smiling_pipeline.report import FINAL_EVALS
     from smiling_pipeline.train import train as run_train
 
     if resume:  # a missing checkpoint is refused before any stage runs
@@ -342,7 +343,8 @@ def train(
     m = run_train(p, data, expert, workdir_for(p), resume=resume)
     budget = f"{m['gradient_steps' if spec.run else 'env_steps']} {spec.budget_unit}"
     typer.echo(f"{spec.label} on {m['dataset_id']}: normalized return {m['final_normalized_return']:.3f} after "
-               f"{budget} (best {m['best_normalized_return']:.3f}) -> {workdir_for(p) / 'train'}")
+               f"{budget} (mean of the last {FINAL_EVALS} evaluations {m['final_mean_normalized_return']:.3f}, "
+               f"best {m['best_normalized_return']:.3f}) -> {workdir_for(p) / 'train'}")
 
 
 @app.command()

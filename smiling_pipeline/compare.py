@@ -21,7 +21,7 @@ import numpy as np
 from smiling_pipeline import algorithms, config, tracking
 from smiling_pipeline.errors import UserError
 from smiling_pipeline.io import atomic_dir
-from smiling_pipeline.report import plt, short_steps, steps_axis
+from smiling_pipeline.report import FINAL_EVALS, plt, short_steps, steps_axis
 
 VARIANTS = ("state-only", "state-action")
 COLORS = {name: spec.color for name, spec in algorithms.REGISTRY.items()}
@@ -34,7 +34,6 @@ DIAGNOSTICS = {"reward_mean_expert": "DS-divergence estimate\n(mean reward on ex
 # the correlation of each half of the reward (``RewardModel.halves``) with the true reward: tabled, not plotted
 HALVES = {"reward_true_corr_expert": "expert half", "reward_true_corr_learner": "learner half"}
 SMOOTH = {"reward_true_corr": 10}  # iterations averaged in the diagnostics plot: one iteration's value is noisy
-FINAL_EVALS = 3  # "final" = the mean of the last evaluations: one evaluation swings with a single episode
 MIN_SEEDS = 3  # the overview names a leader only when every method in the row has this many seeds
 
 

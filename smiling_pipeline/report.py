@@ -20,6 +20,17 @@ from smiling_pipeline.io import atomic_file  # noqa: E402
 
 Curve = Sequence[tuple[float, float]]
 
+FINAL_EVALS = 3  # a run's "final" = the mean of its last evaluations: one evaluation swings with a single episode
+
+
+def curve_metrics(curve: list[dict[str, float]]) -> dict[str, float]:
+    """A training curve's headline figures: the last evaluation, the mean of the last :data:`FINAL_EVALS` (what
+    every comparison table calls "final") and the best."""
+    values = [r["normalized_return"] for r in curve]
+    return {"final_normalized_return": values[-1], "final_mean_normalized_return": sum(values[-FINAL_EVALS:]) / len(values[-FINAL_EVALS:]),
+            "best_normalized_return": max(values)}
+
+
 
 def short_steps(x: float) -> str:
     """A step count in k / M: 200k, not 200000."""
@@ -105,7 +116,9 @@ def write_report(workdir: Path, reports: Path) -> Path:
         "",
         f"- Environment: `{train['env_id']}`, {steps}",
         f"- Final normalized return during training: **{train['final_normalized_return']:.3f}** "
-        f"(best {train['best_normalized_return']:.3f})",
+        + (f"(mean of the last {FINAL_EVALS} evaluations {train['final_mean_normalized_return']:.3f}, "
+           if "final_mean_normalized_return" in train else "(")
+        + f"best {train['best_normalized_return']:.3f})",
     ]
     if final:
         lines.append(f"- Final evaluation ({final['episodes']} episodes): return {final['return_mean']:.1f} ± "

@@ -38,7 +38,7 @@ from smiling_pipeline.errors import UserError
 from smiling_pipeline.evaluate import EvalResult, References, evaluate_policy, policy_fn, references
 from smiling_pipeline.ingest import ExpertData
 from smiling_pipeline.io import atomic_dir, atomic_file, write_json
-from smiling_pipeline.report import plot_curves
+from smiling_pipeline.report import curve_metrics, plot_curves
 from smiling_pipeline.rewards import RewardModel
 from smiling_pipeline.rl import (
     ALGORITHMS,
@@ -188,7 +188,8 @@ def _finish(out: Path, folder: Path, p: Params, data: ExpertData, run_id: str, p
     if reward_model is not None:
         name, network = reward_model.save(out / "reward_model.pt")
         info["reward_model_uri"] = tracking.log_torch_model(network.cpu(), name)
-    tracking.log_metrics({"train_seconds": info["train_seconds"]}, step=0)
+    headline = {k: v for k, v in metrics.items() if k.endswith("normalized_return")}  # columns in the MLflow UI
+    tracking.log_metrics({"train_seconds": info["train_seconds"], **headline}, step=0)
     _write_csv(folder / "learning_curve.csv", curve)
     _write_csv(folder / "iterations.csv", iterations, [f.name for f in dataclasses.fields(IterationStats)])
     write_json(folder / "metrics.json", metrics)
@@ -318,8 +319,7 @@ def train(p: Params, data: ExpertData, expert: Optional[ScoreModel], workdir: Pa
         records.flush()
         metrics = {
             "env_steps": cfg.steps,
-            "final_normalized_return": records.curve[-1]["normalized_return"],
-            "best_normalized_return": max(r["normalized_return"] for r in records.curve),
+            **curve_metrics(records.curve),
             "reward_evaluations": reward_model.evaluations if reward_model else 0,
             "iterations": refit.iteration if refit else 0,
         }
@@ -366,7 +366,6 @@ def _own_run(own: Callable[[Context, Callable[[Any, int], None]], OwnRun], ctx: 
     with tracking.run("train", data.meta["dataset_id"], settings, _tags(p, data)) as run_id:
         tracking.log_dataset(data.meta, data.train, minari_root() / data.meta["dataset_id"], "training")
         result = own(ctx, evaluate)
-        metrics = {**result.metrics, "final_normalized_return": records.curve[-1]["normalized_return"],
-                   "best_normalized_return": max(r["normalized_return"] for r in records.curve)}
+        metrics = {**result.metrics, **curve_metrics(records.curve)}
         out.mkdir(parents=True, exist_ok=True)
         return _finish(out, folder, p, data, run_id, result.model, records.curve, [], metrics, clock.seconds())

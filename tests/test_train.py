@@ -220,6 +220,11 @@ def test_cli_chain_writes_outputs_and_mlflow_records(store, tmp_path):
     assert (work / "train" / "checkpoint" / "replay_buffer.pkl").is_file()
     curve = (work / "train_metrics" / "learning_curve.csv").read_text().splitlines()
     assert curve[0].startswith("env_steps,normalized_return") and len(curve) == 3  # evaluations at 300 and 600
+    returns = [float(line.split(",")[1]) for line in curve[1:]]
+    assert metrics["final_normalized_return"] == returns[-1]
+    assert metrics["final_mean_normalized_return"] == pytest.approx(np.mean(returns))  # the last 3, here both
+    header = (work / "train_metrics" / "iterations.csv").read_text().splitlines()[0]
+    assert header.endswith("reward_true_corr,reward_true_corr_expert,reward_true_corr_learner")
 
     evaluation = run_cli(["evaluate", "--params", params, "--policy", info["policy_uri"]])
     assert evaluation.exit_code == 0, evaluation.output
@@ -241,6 +246,7 @@ def test_cli_chain_writes_outputs_and_mlflow_records(store, tmp_path):
     assert "normalized_return" in runs["evaluate"].data.metrics
     assert [(m.step, m.value) for m in client.get_metric_history(runs["train"].info.run_id, "train_seconds")] == [
         (0, info["train_seconds"])]
+    assert runs["train"].data.metrics["final_mean_normalized_return"] == pytest.approx(metrics["final_mean_normalized_return"])
     assert info["mlflow_run_id"] == runs["train"].info.run_id
     assert "loss.png" in {a.path for a in client.list_artifacts(runs["pretrain"].info.run_id)}
     assert "learning_curve.png" in {a.path for a in client.list_artifacts(runs["train"].info.run_id)}
