@@ -1,0 +1,146 @@
+"""Why the SMILING reward runs against Hopper's true reward early in a run: which half does it, on which states?
+
+Run from the repository root on a train workdir whose checkpoint holds an early learner (the v1 Hopper cell's
+settings stopped at 20k env steps; its params.yaml as sweeps/fidelity-halves.yaml writes it, train.steps 20000):
+  smiling-cli train --params <workdir>/params.yaml
+  .venv/bin/python studies/early_halves.py --workdir <workdir> --label hopper-so-s0-20k --out reports/fidelity/halves
+-> <out>/<label>.md and .json
+
+Issue 26: on Hopper the reward's correlation with the true step reward is negative over the first quarter of a run
+(about 5k-30k env steps), and the per-half diagnostic (iterations.csv reward_true_corr_expert / _learner) puts it
+on the expert half. The checkpoint's replay buffer holds the learner's episodes in order, so its newest rows (the
+rows that diagnostic scores) can be scored with the checkpoint's own reward model, half by half, and set beside
+what the true step reward itself rewards: forward velocity, and how long the hopper has left before it falls.
+The true step reward is a yardstick for the reward only where a higher step reward means a better state to be in.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from smiling_pipeline.checkpoint import load_state
+from smiling_pipeline.config import load_params
+from smiling_pipeline.ingest import load_expert_data
+from smiling_pipeline.pretrain import MODEL_FILE
+from smiling_pipeline.rewards import smiling_reward
+from smiling_pipeline.rl import SmilingReplayBuffer, correlation
+from smiling_pipeline.score import load_model
+
+VELOCITY_INDEX = {"Hopper-v5": 5, "Walker2d-v5": 8, "HalfCheetah-v5": 8}  # qvel[0] (forward velocity) in v5 obs
+ROWS = 2_048  # the newest rows, as the per-iteration diagnostic scores them
+EDGE = 10  # steps counted as an episode's start, and as the last steps before a fall
+GAMMA = 0.99
+
+
+def episodes(dones: np.ndarray, timeouts: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per row: its step within its episode, the steps left to the episode's end (NaN in the unfinished last
+    episode) and whether the episode ended in a fall (a termination, not the time limit)."""
+    n = len(dones)
+    step, left, fell = np.zeros(n), np.full(n, np.nan), np.zeros(n, bool)
+    start = 0
+    for i in range(n):
+        step[i] = i - start
+        if dones[i]:
+            left[start:i + 1] = np.arange(i - start, -1, -1)
+            fell[start:i + 1] = not timeouts[i]
+            start = i + 1
+    return step, left, fell
+
+
+def return_to_go(rewards: np.ndarray, left: np.ndarray) -> np.ndarray:
+    """The discounted true return from each row to its episode's end (NaN in the unfinished last episode)."""
+    out = np.full(len(rewards), np.nan)
+    acc = 0.0
+    for i in range(len(rewards) - 1, -1, -1):
+        if np.isnan(left[i]):
+            continue
+        acc = rewards[i] + (GAMMA * acc if left[i] > 0 else 0.0)
+        out[i] = acc
+    return out
+
+
+def analyse(workdir: Path) -> dict[str, Any]:
+    """Score the checkpoint's newest rows with its reward model, half by half, against what the true reward pays."""
+    from stable_baselines3.common.save_util import load_from_pkl
+
+    p = load_params(workdir / "params.yaml")
+    data = load_expert_data(workdir / "ingest")
+    expert, _ = load_model(workdir / "pretrain" / MODEL_FILE)
+    checkpoint = workdir / "train" / "checkpoint"
+    state = load_state(checkpoint)
+    buffer: SmilingReplayBuffer = load_from_pkl(str(checkpoint / "replay_buffer.pkl"))
+    model = smiling_reward(expert, p.cost, buffer.action_space if data.meta["with_actions"] else None, p.train.seed)
+    model.load_state_dict(state["reward_model"])
+    buffer.reward_model = model
+    filled = buffer.buffer_size if buffer.full else buffer.pos
+    dones = buffer.dones[:filled, 0] > 0
+    step, left, fell = episodes(dones, buffer.timeouts[:filled, 0] > 0)
+    true = buffer.rewards[:filled, 0].astype(float)
+    rtg = return_to_go(true, left)
+    idx = np.arange(filled)[-ROWS:]
+    with torch.no_grad():
+        halves = {k: v.numpy().astype(float) for k, v in model.halves(buffer.rows_at(idx)).items()}
+    signals = {"reward": halves["expert"] + halves["learner"], "expert half": halves["expert"],
+               "learner half": halves["learner"], "true step reward": true[idx]}
+    targets = {"true step reward": true[idx], "forward velocity": buffer.observations[idx, 0, VELOCITY_INDEX[data.meta["env_id"]]],
+               "steps left before the episode ends": left[idx], "discounted true return-to-go": rtg[idx]}
+    finished = ~np.isnan(left[idx])
+    corr = {s: {t: correlation(a[finished], b[finished]) for t, b in targets.items()} for s, a in signals.items()}
+    segments = {f"first {EDGE} steps": step[idx] < EDGE,
+                f"last {EDGE} steps before a fall": fell[idx] & (left[idx] < EDGE) & (step[idx] >= EDGE),
+                "the rest": finished & (step[idx] >= EDGE) & (left[idx] >= EDGE)}
+    z = {s: (a - a.mean()) / (a.std() + 1e-12) for s, a in signals.items()}  # segment means in each signal's own std
+    means = {seg: {s: float(z[s][m].mean()) if m.any() else float("nan") for s in signals} | {"rows": int(m.sum())}
+             for seg, m in segments.items()}
+    ends = np.flatnonzero(dones[:filled])
+    lengths = np.diff(np.concatenate([[-1], ends]))
+    recent = lengths[np.searchsorted(ends, idx[0]):]
+    return {"env_steps": int(state["curve"][-1]["env_steps"]) if state["curve"] else filled,
+            "dataset": data.meta["dataset_id"], "with_actions": bool(data.meta["with_actions"]),
+            "rows": int(len(idx)), "finished_rows": int(finished.sum()),
+            "episode_length_mean": float(recent.mean()) if len(recent) else float("nan"),
+            "episodes": int(len(recent)), "correlation": corr, "segment_means": means}
+
+
+def write(result: dict[str, Any], out: Path, label: str, command: str) -> Path:
+    """The result as <label>.json and a markdown table."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{label}.json").write_text(json.dumps(result, indent=1))
+    corr, means = result["correlation"], result["segment_means"]
+    targets = list(next(iter(corr.values())))
+    lines = [f"# Early-learner halves: {label}", "", f"Command: `{command}`", "",
+             f"{result['dataset']} ({'state-action' if result['with_actions'] else 'state-only'}), checkpoint at "
+             f"{result['env_steps']:,} env steps; the newest {result['rows']:,} rows of its replay buffer "
+             f"({result['finished_rows']:,} in finished episodes; {result['episodes']} episodes ending there, mean length "
+             f"{result['episode_length_mean']:.0f} steps), scored with the checkpoint's own reward model.", "",
+             "Pearson correlation over the rows of finished episodes:", "",
+             "| signal | " + " | ".join(targets) + " |", "|---|" + "---:|" * len(targets)]
+    lines += [f"| {s} | " + " | ".join(f"{v:.2f}" for v in row.values()) + " |" for s, row in corr.items()]
+    signals = list(corr)
+    lines += ["", "Mean of each signal by where the row lies in its episode (in that signal's std over all rows):", "",
+              "| rows | count | " + " | ".join(signals) + " |", "|---|---:|" + "---:|" * len(signals)]
+    lines += [f"| {seg} | {m['rows']} | " + " | ".join(f"{m[s]:+.2f}" for s in signals) + " |" for seg, m in means.items()]
+    path = out / f"{label}.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--workdir", type=Path, required=True, help="a train workdir with params.yaml, ingest/, pretrain/, train/checkpoint/")
+    ap.add_argument("--label", required=True)
+    ap.add_argument("--out", type=Path, default=Path("reports/fidelity/halves"))
+    a = ap.parse_args()
+    torch.set_num_threads(1)
+    command = f".venv/bin/python studies/early_halves.py --workdir {a.workdir} --label {a.label} --out {a.out}"
+    print(write(analyse(a.workdir), a.out, a.label, command).read_text())
+
+
+if __name__ == "__main__":
+    main()
