@@ -33,6 +33,7 @@ DIAGNOSTICS = {"reward_mean_expert": "DS-divergence estimate\n(mean reward on ex
                "reward_true_corr": "correlation of the reward with the true reward\n(learner states; moving mean of 10 iterations)"}
 # the correlation of each half of the reward (``RewardModel.halves``) with the true reward: tabled, not plotted
 HALVES = {"reward_true_corr_expert": "expert half", "reward_true_corr_learner": "learner half"}
+RETURN_TO_GO = {"reward_rtg_corr": "reward vs return-to-go"}
 SMOOTH = {"reward_true_corr": 10}  # iterations averaged in the diagnostics plot: one iteration's value is noisy
 MIN_SEEDS = 3  # the overview names a leader only when every method in the row has this many seeds
 
@@ -50,7 +51,7 @@ class RunCurve:
     seed: int
     steps: tuple[int, ...]
     returns: tuple[float, ...]
-    # per-iteration diagnostics (``DIAGNOSTICS``, ``HALVES``): metric -> ((env steps, value), ...)
+    # per-iteration diagnostics (``DIAGNOSTICS``, ``HALVES``, ``RETURN_TO_GO``): metric -> ((env steps, value), ...)
     diagnostics: dict[str, tuple[tuple[int, float], ...]] = field(default_factory=dict, compare=False)
     name: str = field(default="", compare=False)  # the sweep cell, DVC experiment or MLflow run
     seconds: Optional[float] = field(default=None, compare=False)  # training wall time (``train_seconds``)
@@ -129,7 +130,7 @@ def load_runs(tracking_uri: str, dataset: Optional[str] = None, exp_prefix: Opti
         history = r.history("normalized_return")
         if not history or "expert_states" not in r.tags:
             continue
-        diagnostics = {k: tuple(r.history(k)) for k in (*DIAGNOSTICS, *HALVES)}
+        diagnostics = {k: tuple(r.history(k)) for k in (*DIAGNOSTICS, *HALVES, *RETURN_TO_GO)}
         curve = _curve(r.tags, r.params, tuple(s for s, _ in history), tuple(v for _, v in history), diagnostics,
                        name or r.name, r.metrics.get("train_seconds"))
         latest.setdefault(_key(curve), curve)
@@ -153,7 +154,7 @@ def load_cells(folder: Path, dataset: Optional[str] = None, exp_prefix: Optional
         with open(cell.parent / "iterations.csv") as f:
             iterations = list(csv.DictReader(f))
         diagnostics = {k: tuple((int(r["env_steps"]), float(r[k])) for r in iterations if r.get(k) not in (None, ""))
-                       for k in (*DIAGNOSTICS, *HALVES)}
+                       for k in (*DIAGNOSTICS, *HALVES, *RETURN_TO_GO)}
         curve = _curve(tags, info.get("settings"), tuple(int(r["env_steps"]) for r in rows),
                        tuple(float(r["normalized_return"]) for r in rows), diagnostics, cell.parent.name, seconds,
                        "train_seconds" not in info)
@@ -365,24 +366,38 @@ def _seed_quarters(group: list[RunCurve], metric: str) -> list[tuple[float, floa
     return [quarters(c.diagnostics[metric]) for c in group if c.diagnostics.get(metric)]
 
 
-def halves_table(groups: dict[tuple[str, str, str, int], list[RunCurve]], dataset: str) -> list[str]:
-    """Per group whose runs recorded them, the correlation of each half of the reward with the true reward
-    (first quarter / whole run / last quarter, averaged over seeds as in :func:`correlation_table`): which of
-    the two models' errors follows the task where the whole reward does not."""
+def quarter_table(groups: dict[tuple[str, str, str, int], list[RunCurve]], dataset: str, metrics: Mapping[str, str],
+                  intro: str) -> list[str]:
+    """Per group whose runs recorded every one of ``metrics`` (not NaN throughout), each metric's first quarter /
+    whole run / last quarter, averaged over seeds as in :func:`correlation_table`; [] when no group has them."""
     rows = []
     for (d, v, label, n), group in sorted(groups.items()):
-        per_half = {k: _seed_quarters(group, k) for k in HALVES}
-        if d != dataset or not all(any(np.isfinite(q[1]) for q in qs) for qs in per_half.values()):
+        per_metric = {k: _seed_quarters(group, k) for k in metrics}
+        if d != dataset or not all(any(np.isfinite(q[1]) for q in qs) for qs in per_metric.values()):
             continue  # not recorded, or NaN throughout (a reward without halves: DAC)
-        cells = [" / ".join(f"{_defined_mean(q):.2f}" for q in np.array(per_seed).T[:3]) for per_seed in per_half.values()]
-        rows.append(f"| {v} | {label} | {n} | {len(per_half['reward_true_corr_expert'])} | " + " | ".join(cells) + " |")
+        cells = [" / ".join(f"{_defined_mean(q):.2f}" for q in np.array(per_seed).T[:3]) for per_seed in per_metric.values()]
+        rows.append(f"| {v} | {label} | {n} | {len(next(iter(per_metric.values())))} | " + " | ".join(cells) + " |")
     if not rows:
         return []
-    return ["Correlation of each half of the reward with the true reward on the learner's states (the expert "
-            "half: minus the expert model's denoising error; the learner half: the learner model's error; their "
-            "sum is the reward), first quarter / whole run / last quarter, averaged over seeds:", "",
-            "| variant | algorithm | expert states | seeds | " + " | ".join(HALVES.values()) + " |",
-            "|---|---|---:|---:|---:|---:|", *rows, ""]
+    return [intro, "", "| variant | algorithm | expert states | seeds | " + " | ".join(metrics.values()) + " |",
+            "|---|---|---:|---:|" + "---:|" * len(metrics), *rows, ""]
+
+
+def halves_table(groups: dict[tuple[str, str, str, int], list[RunCurve]], dataset: str) -> list[str]:
+    """Which of the two models' errors follows the task where the whole reward does not."""
+    return quarter_table(groups, dataset, HALVES,
+                         "Correlation of each half of the reward with the true reward on the learner's states (the "
+                         "expert half: minus the expert model's denoising error; the learner half: the learner model's "
+                         "error; their sum is the reward), first quarter / whole run / last quarter, averaged over seeds:")
+
+
+def return_to_go_table(groups: dict[tuple[str, str, str, int], list[RunCurve]], dataset: str) -> list[str]:
+    """The reward against the discounted true return-to-go: the yardstick where the step reward pays for falling."""
+    return quarter_table(groups, dataset, RETURN_TO_GO,
+                         "Correlation of the reward with the discounted true return-to-go on the same states (rows of "
+                         "finished episodes), first quarter / whole run / last quarter, averaged over seeds; where the "
+                         "step reward peaks just before an episode ends (a hopper pitching into a fall) this, not the "
+                         "step-reward correlation, says whether the reward points the learner the right way:")
 
 
 def plot_data_efficiency(path: Path, dataset: str, summaries: list[Summary]) -> None:
@@ -543,7 +558,7 @@ def write_comparison(tracking_uri: Optional[str], out: Path, dataset: Optional[s
             lines += ["", f"![learning curves]({slug}_curves.png)", "", *run_table(here), ""]
             if plot_diagnostics(tmp / f"{slug}_diagnostics.png", d, groups, states[d]):
                 lines += [f"![diagnostics]({slug}_diagnostics.png)", ""]
-            lines += correlation_table(groups, d) + halves_table(groups, d)
+            lines += correlation_table(groups, d) + halves_table(groups, d) + return_to_go_table(groups, d)
             by_group = defaultdict(set)
             for c in here:
                 by_group[(c.label, c.variant)].add(c.expert_states)

@@ -188,6 +188,10 @@ class IterationStats:
     # expert half (minus the expert model's error) and learner half (the learner model's error)
     reward_true_corr_expert: float = float("nan")
     reward_true_corr_learner: float = float("nan")
+    # correlation of the reward with the discounted (``train.gamma``) true return-to-go on the same rows of finished
+    # episodes: where the step reward pays for what ends an episode (Hopper's speed while falling), this is the
+    # yardstick that says whether the reward points the learner the right way
+    reward_rtg_corr: float = float("nan")
 
 
 def correlation(a: np.ndarray, b: np.ndarray) -> float:
@@ -195,6 +199,17 @@ def correlation(a: np.ndarray, b: np.ndarray) -> float:
     if len(a) < 2 or np.std(a) == 0 or np.std(b) == 0:
         return float("nan")
     return float(np.corrcoef(a, b)[0, 1])
+
+
+def return_to_go(rewards: np.ndarray, dones: np.ndarray, gamma: float) -> np.ndarray:
+    """The discounted return from each row to its episode's end (rows in time order); NaN in the last episode
+    while it is unfinished."""
+    out = np.empty(len(rewards))
+    acc = float("nan")
+    for i in range(len(rewards) - 1, -1, -1):
+        acc = float(rewards[i]) + (0.0 if dones[i] else gamma * acc)
+        out[i] = acc
+    return out
 
 
 class LearnerRefit:
@@ -218,6 +233,8 @@ class LearnerRefit:
         newest = buffer.newest(2048)
         learner = buffer.rewards_at(newest)  # through the buffer's cache: then known for the new version
         true = buffer.rewards[newest, 0]
+        rtg = return_to_go(true, buffer.dones[newest, 0], self.cfg.gamma)
+        finished = ~np.isnan(rtg)
         halves = self.reward_model.halves(buffer.rows_at(newest)) or {}
         return IterationStats(
             iteration=self.iteration,
@@ -227,4 +244,5 @@ class LearnerRefit:
             reward_mean_learner=float(learner.mean()),
             reward_true_corr=correlation(learner, true),
             **{f"reward_true_corr_{name}": correlation(part.float().cpu().numpy(), true) for name, part in halves.items()},
+            reward_rtg_corr=correlation(learner[finished], rtg[finished]),
         )

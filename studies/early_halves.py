@@ -34,7 +34,7 @@ from smiling_pipeline.config import load_params
 from smiling_pipeline.envs import make_env
 from smiling_pipeline.ingest import load_expert_data
 from smiling_pipeline.pretrain import MODEL_FILE
-from smiling_pipeline.rl import SmilingReplayBuffer, correlation
+from smiling_pipeline.rl import SmilingReplayBuffer, correlation, return_to_go
 from smiling_pipeline.score import load_model
 
 VELOCITY_INDEX = {"Hopper-v5": 5, "Walker2d-v5": 8, "HalfCheetah-v5": 8}  # qvel[0] (forward velocity) in v5 obs
@@ -59,18 +59,6 @@ def episodes(dones: np.ndarray, timeouts: np.ndarray) -> tuple[np.ndarray, np.nd
     return step, left, fell
 
 
-def return_to_go(rewards: np.ndarray, left: np.ndarray) -> np.ndarray:
-    """The discounted true return from each row to its episode's end (NaN in the unfinished last episode)."""
-    out = np.full(len(rewards), np.nan)
-    acc = 0.0
-    for i in range(len(rewards) - 1, -1, -1):
-        if np.isnan(left[i]):
-            continue
-        acc = rewards[i] + (GAMMA * acc if left[i] > 0 else 0.0)
-        out[i] = acc
-    return out
-
-
 def analyse(workdir: Path) -> dict[str, Any]:
     """Score the checkpoint's newest rows with its reward model, half by half, against what the true reward pays."""
     from stable_baselines3.common.save_util import load_from_pkl
@@ -92,7 +80,7 @@ def analyse(workdir: Path) -> dict[str, Any]:
     dones = buffer.dones[:filled, 0] > 0
     step, left, fell = episodes(dones, buffer.timeouts[:filled, 0] > 0)
     true = buffer.rewards[:filled, 0].astype(float)
-    rtg = return_to_go(true, left)
+    rtg = return_to_go(true, dones, GAMMA)
     idx = np.arange(filled)[-ROWS:]
     rows = buffer.rows_at(idx)
     with torch.no_grad():

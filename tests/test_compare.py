@@ -19,6 +19,7 @@ from smiling_pipeline.compare import (
     load_runs,
     mean_curve,
     overview,
+    return_to_go_table,
     summarise,
     write_comparison,
 )
@@ -160,6 +161,10 @@ def test_halves_table_shows_each_half_where_it_was_recorded():
     rows = [[c.strip() for c in line.strip("|").split("|")] for line in lines if line.startswith("| state")]
     assert rows == [["state-only", "SMILING", "10", "2", "0.60 / 0.50 / 0.40", "-0.60 / -0.20 / 0.20"]]
     assert halves_table(_groups([dac, old]), "d") == []
+    rtg = RunCurve("d", "state-only", "dac", "sac", "default", 10, 1, (1000,), (0.5,),
+                   {"reward_true_corr": points([0.5] * 4), "reward_rtg_corr": points([0.1, 0.2, 0.3, 0.4])})
+    lines = return_to_go_table(_groups([rtg, old]), "d")  # DAC has one too; the run without it is left out
+    assert [line for line in lines if line.startswith("| state")] == ["| state-only | DAC | 10 | 1 | 0.10 / 0.25 / 0.40 |"]
 
 
 def test_budget_cuts_every_run_and_leaves_out_the_shorter_ones(store, tmp_path, monkeypatch):

@@ -140,14 +140,23 @@ def test_each_refit_reports_how_each_half_follows_the_true_reward():
     rows = np.random.default_rng(0).normal(size=(64, 5)).astype(np.float32)
     true = model.halves(torch.as_tensor(rows))["expert"].numpy()
     buffer = SmilingReplayBuffer(100, Box(-10, 10, (5,)), Box(-1, 1, (1,)), device="cpu")
-    for row, r in zip(rows, true, strict=True):
-        buffer.add(row[None], row[None], np.zeros((1, 1), np.float32), np.array([r]), np.zeros(1), [{}])
+    for i, (row, r) in enumerate(zip(rows, true, strict=True)):  # episodes of 16 steps
+        buffer.add(row[None], row[None], np.zeros((1, 1), np.float32), np.array([r]), np.array([i % 16 == 15]), [{}])
     buffer.reward_model = model
     cfg = TrainConfig(learner_fit_steps=5, learner_batch_size=32)
     stats = LearnerRefit(model, cfg, rows)(buffer, 64)
     assert stats.reward_true_corr_expert == pytest.approx(1.0)
     assert -1 <= stats.reward_true_corr_learner < 1 and -1 <= stats.reward_true_corr < 1
+    assert -1 <= stats.reward_rtg_corr <= 1
     dac = DacReward(rows, rows.mean(0), rows.std(0), CostConfig(), BaselinesConfig(), None)
     buffer.reward_model = dac
     stats = LearnerRefit(dac, cfg, rows)(buffer, 64)
     assert np.isnan(stats.reward_true_corr_expert) and np.isfinite(stats.reward_true_corr)
+
+
+def test_return_to_go_discounts_to_each_episodes_end_and_leaves_the_unfinished_one_out():
+    from smiling_pipeline.rl import return_to_go
+
+    rtg = return_to_go(np.array([1.0, 2.0, 3.0, 4.0, 5.0]), np.array([False, True, False, True, False]), 0.5)
+    np.testing.assert_allclose(rtg[:4], [1 + 0.5 * 2, 2, 3 + 0.5 * 4, 4])
+    assert np.isnan(rtg[4])

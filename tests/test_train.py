@@ -224,7 +224,7 @@ def test_cli_chain_writes_outputs_and_mlflow_records(store, tmp_path):
     assert metrics["final_normalized_return"] == returns[-1]
     assert metrics["final_mean_normalized_return"] == pytest.approx(np.mean(returns))  # the last 3, here both
     header = (work / "train_metrics" / "iterations.csv").read_text().splitlines()[0]
-    assert header.endswith("reward_true_corr,reward_true_corr_expert,reward_true_corr_learner")
+    assert header.endswith("reward_true_corr,reward_true_corr_expert,reward_true_corr_learner,reward_rtg_corr")
 
     evaluation = run_cli(["evaluate", "--params", params, "--policy", info["policy_uri"]])
     assert evaluation.exit_code == 0, evaluation.output
