@@ -27,9 +27,9 @@ def curve_metrics(curve: list[dict[str, float]]) -> dict[str, float]:
     """A training curve's headline figures: the last evaluation, the mean of the last :data:`FINAL_EVALS` (what
     every comparison table calls "final") and the best."""
     values = [r["normalized_return"] for r in curve]
-    return {"final_normalized_return": values[-1], "final_mean_normalized_return": sum(values[-FINAL_EVALS:]) / len(values[-FINAL_EVALS:]),
+    last = values[-FINAL_EVALS:]
+    return {"final_normalized_return": values[-1], "final_mean_normalized_return": sum(last) / len(last),
             "best_normalized_return": max(values)}
-
 
 
 def short_steps(x: float) -> str:

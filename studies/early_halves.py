@@ -40,7 +40,6 @@ from smiling_pipeline.score import load_model
 VELOCITY_INDEX = {"Hopper-v5": 5, "Walker2d-v5": 8, "HalfCheetah-v5": 8}  # qvel[0] (forward velocity) in v5 obs
 ROWS = 2_048  # the newest rows, as the per-iteration diagnostic scores them
 EDGE = 10  # steps counted as an episode's start, and as the last steps before a fall
-GAMMA = 0.99
 FALL_BINS = ((100, 1_000), (30, 100), (10, 30), (0, 10))  # steps left before a fall, [lo, hi)
 
 
@@ -80,7 +79,7 @@ def analyse(workdir: Path) -> dict[str, Any]:
     dones = buffer.dones[:filled, 0] > 0
     step, left, fell = episodes(dones, buffer.timeouts[:filled, 0] > 0)
     true = buffer.rewards[:filled, 0].astype(float)
-    rtg = return_to_go(true, dones, GAMMA)
+    rtg = return_to_go(true, dones, p.train.gamma)  # discounted as the run's own diagnostic
     idx = np.arange(filled)[-ROWS:]
     rows = buffer.rows_at(idx)
     with torch.no_grad():
