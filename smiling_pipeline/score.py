@@ -173,6 +173,27 @@ class ScoreModel(nn.Module):
                 out[r : r + b] += e.square_().sum(dim=0).sum(dim=0)
         return out / self.dim
 
+    @torch.inference_mode()
+    def time_terms(self, t: torch.Tensor) -> torch.Tensor:
+        """The first layer's timestep part, ``W_t emb(t) + bias``, for timesteps ``t`` (K,): (K, H)."""
+        temb = self.time_mlp(timestep_embedding(t, self.cfg.time_embed))
+        return temb @ self._first.weight[:, self.dim :].T + self._first.bias
+
+    @torch.inference_mode()
+    def cycled_errors(self, x_t: torch.Tensor, eps: torch.Tensor, terms: torch.Tensor) -> torch.Tensor:
+        """mean_d (eps_theta(x_t, t) - eps)^2 per row, for rows whose timesteps cycle through the K of ``terms``
+        (:meth:`time_terms`): row i at the timestep of ``terms[i % K]``, ``len(x_t)`` a multiple of K.
+
+        The same numbers as :meth:`forward` (up to float rounding) without the per-row time embedding and
+        concatenation: the time part of the first layer is added once per K rows by broadcasting, the output
+        layer runs transposed, (d, rows) = W (H, rows), which is faster for small d. Inference only.
+        """
+        k, width = terms.shape
+        h = (x_t @ self._first.weight[:, : self.dim].T).view(-1, k, width).add_(terms).view(-1, width)
+        h = self._hidden_layers(h)
+        e = torch.matmul(self._last.weight, h.T).add_(self._last.bias[:, None]).sub_(eps.T)
+        return e.square_().mean(0)
+
     def _hidden_layers(self, h: torch.Tensor) -> torch.Tensor:
         """``net`` between the first and the output layer, activations applied in place (inference only)."""
         for layer in list(self.net)[1:-1]:

@@ -149,6 +149,18 @@ def test_grid_errors_equal_the_plain_computation(cfg):
     assert model.grid_errors(x0[:0], terms).shape == (0,)
 
 
+@pytest.mark.parametrize("cfg", [ScoreConfig(hidden=32), ScoreConfig(hidden=16, depth=2), ScoreConfig(linear=True)])
+def test_cycled_errors_equal_the_plain_computation(cfg):
+    """The official estimator's pass (timesteps cycling through a grid, time terms added once per grid) gives
+    what the plain forward pass does on the same noisy rows."""
+    model = ScoreModel(3, cfg, np.ones(3), np.full(3, 2.0))
+    t = torch.tensor([0, 5, 300, 2000, 17])
+    x_t, eps = torch.randn(15, 3), torch.randn(15, 3)  # 3 cycles of the 5 timesteps
+    with torch.no_grad():
+        plain = ((model(x_t, t.repeat(3)) - eps) ** 2).mean(1)
+        assert torch.allclose(model.cycled_errors(x_t, eps, model.time_terms(t)), plain, rtol=1e-5, atol=1e-6)
+
+
 def test_bfloat16_output_layers_round_only_and_only_on_large_chunks():
     """``dtype=bfloat16`` changes the reward by rounding (well under 1 % of its scale) where the narrower
     matmul pays (wide inputs, big chunks); small calls and narrow inputs stay float32 exactly."""
