@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import time
@@ -74,12 +75,14 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("reports/benchmarks"))
     a = ap.parse_args()
     torch.set_num_threads(1)
+    load = os.getloadavg()[0]  # other work on the machine slows both passes alike, not their ratio
     rows = {name: measure(d, a.repeats) for name, d in WIDTHS.items()}
     a.out.mkdir(parents=True, exist_ok=True)
-    (a.out / "official_reward.json").write_text(json.dumps({"batch": BATCH, "repeats": a.repeats, "rows": rows}, indent=1))
+    (a.out / "official_reward.json").write_text(json.dumps({"batch": BATCH, "repeats": a.repeats, "load": load, "rows": rows}, indent=1))
     lines = ["# The official reward's cost per SAC batch", "",
              f"`OMP_NUM_THREADS=1 .venv/bin/python benchmarks/official_reward.py --repeats {a.repeats} --out {a.out}` "
-             f"({time.strftime('%Y-%m-%d')}); batch {BATCH}, K = 500, one torch thread, median of {a.repeats} alternating calls.", "",
+             f"({time.strftime('%Y-%m-%d')}); batch {BATCH}, K = 500, one torch thread, median of {a.repeats} alternating calls; "
+             f"load average {load:.1f} on {os.cpu_count()} cores at the start (above 1 the seconds are inflated by other work; the ratio, measured in alternation, much less).", "",
              "| input (width) | plain pass s / batch | OfficialReward s / batch | speedup | max difference (reward std) "
              "| reward hours per 100k-step cell, plain / ours |", "|---|---:|---:|---:|---:|---:|"]
     lines += [f"| {name} ({r['d']}) | {r['plain_s']:.3f} | {r['ours_s']:.3f} | **{r['speedup']:.1f}x** | "
