@@ -34,7 +34,7 @@ def window_mean(points: tuple[tuple[int, float], ...], lo: int, hi: int) -> floa
 
 def evaluation_at(run: RunCurve, step: int) -> float:
     """The normalized return evaluated at ``step`` (NaN if the run has no evaluation there)."""
-    return dict(zip(run.steps, run.returns)).get(step, float("nan"))
+    return dict(zip(run.steps, run.returns, strict=True)).get(step, float("nan"))
 
 
 def table(runs: list[RunCurve], until: int, window: int) -> list[str]:
