@@ -51,6 +51,24 @@ def table(runs: list[RunCurve], until: int, window: int) -> list[str]:
     return lines
 
 
+def summary(runs: list[RunCurve], until: int, window: int) -> list[str]:
+    """One row per (dataset, variant, method) and window: each diagnostic's window mean, then its mean over seeds."""
+    groups: dict[tuple[str, str, str], list[RunCurve]] = {}
+    for run in runs:
+        groups.setdefault((run.dataset, run.variant, run.label), []).append(run)
+    lines = ["| dataset | variant | method | seeds | env steps | " + " | ".join(COLUMNS.values())
+             + " | normalized return at the end |", "|---|---|---|---:|---|" + "---:|" * (len(COLUMNS) + 1)]
+    for (dataset, variant, label), group in sorted(groups.items()):
+        for lo in range(0, until, window):
+            hi = lo + window
+            cols = [[window_mean(r.diagnostics.get(k, ()), lo, hi) for r in group] for k in COLUMNS]
+            cols.append([evaluation_at(r, hi) for r in group])
+            means = [float(np.mean(finite)) if (finite := [v for v in c if np.isfinite(v)]) else float("nan") for c in cols]
+            lines.append(f"| {dataset} | {variant} | {label} | {len(group)} | {lo // 1000}k-{hi // 1000}k | "
+                         + " | ".join("" if np.isnan(m) else f"{m:+.2f}" for m in means[:-1]) + f" | {means[-1]:.2f} |")
+    return lines
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--cells", type=Path, action="append", required=True, help="a folder of committed sweep cells (repeatable)")
@@ -68,7 +86,8 @@ def main() -> None:
     lines = [f"# The first {a.until:,} env steps, {a.window:,} at a time", "", f"Command: {command}", "",
              "Per-iteration diagnostics (iterations.csv; Pearson correlations on the learner's newest 2,048 rows) averaged "
              "over the iterations that end in each window; blank where a run does not record one (DAC has no halves).", "",
-             *table(runs, a.until, a.window)]
+             "## Mean over seeds", "", "Each run's window means, averaged over the runs that record the diagnostic.", "",
+             *summary(runs, a.until, a.window), "", "## Per run", "", *table(runs, a.until, a.window)]
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
