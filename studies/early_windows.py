@@ -37,35 +37,43 @@ def evaluation_at(run: RunCurve, step: int) -> float:
     return dict(zip(run.steps, run.returns, strict=True)).get(step, float("nan"))
 
 
+def window_values(run: RunCurve, lo: int, hi: int) -> list[float]:
+    """Each diagnostic's mean over the window (lo, hi], then the evaluation at its end."""
+    return [window_mean(run.diagnostics.get(k, ()), lo, hi) for k in COLUMNS] + [evaluation_at(run, hi)]
+
+
+def cells(values: list[float]) -> str:
+    """The diagnostics signed (blank where undefined), then the evaluation."""
+    return " | ".join("" if np.isnan(m) else f"{m:+.2f}" for m in values[:-1]) + f" | {values[-1]:.2f} |"
+
+
+def windows(until: int, window: int) -> list[tuple[int, int, str]]:
+    """The windows (lo, hi] up to ``until`` and their names."""
+    return [(lo, lo + window, f"{lo // 1000}k-{(lo + window) // 1000}k") for lo in range(0, until, window)]
+
+
 def table(runs: list[RunCurve], until: int, window: int) -> list[str]:
     """One row per run and window: each diagnostic's window mean and the evaluation at the window's end."""
     lines = ["| cell | method | env steps | " + " | ".join(COLUMNS.values()) + " | normalized return at the end |",
              "|---|---|---|" + "---:|" * (len(COLUMNS) + 1)]
     for run in sorted(runs, key=lambda r: r.name):
-        for lo in range(0, until, window):
-            hi = lo + window
-            means = [window_mean(run.diagnostics.get(k, ()), lo, hi) for k in COLUMNS]
-            lines.append(f"| {run.name} | {run.label} | {lo // 1000}k-{hi // 1000}k | "
-                         + " | ".join("" if np.isnan(m) else f"{m:+.2f}" for m in means)
-                         + f" | {evaluation_at(run, hi):.2f} |")
+        lines += [f"| {run.name} | {run.label} | {name} | " + cells(window_values(run, lo, hi))
+                  for lo, hi, name in windows(until, window)]
     return lines
 
 
 def summary(runs: list[RunCurve], until: int, window: int) -> list[str]:
-    """One row per (dataset, variant, method) and window: each diagnostic's window mean, then its mean over seeds."""
+    """One row per (dataset, variant, method) and window: each run's window values averaged over the runs that have one."""
     groups: dict[tuple[str, str, str], list[RunCurve]] = {}
     for run in runs:
         groups.setdefault((run.dataset, run.variant, run.label), []).append(run)
     lines = ["| dataset | variant | method | seeds | env steps | " + " | ".join(COLUMNS.values())
              + " | normalized return at the end |", "|---|---|---|---:|---|" + "---:|" * (len(COLUMNS) + 1)]
     for (dataset, variant, label), group in sorted(groups.items()):
-        for lo in range(0, until, window):
-            hi = lo + window
-            cols = [[window_mean(r.diagnostics.get(k, ()), lo, hi) for r in group] for k in COLUMNS]
-            cols.append([evaluation_at(r, hi) for r in group])
-            means = [float(np.mean(finite)) if (finite := [v for v in c if np.isfinite(v)]) else float("nan") for c in cols]
-            lines.append(f"| {dataset} | {variant} | {label} | {len(group)} | {lo // 1000}k-{hi // 1000}k | "
-                         + " | ".join("" if np.isnan(m) else f"{m:+.2f}" for m in means[:-1]) + f" | {means[-1]:.2f} |")
+        for lo, hi, name in windows(until, window):
+            values = np.array([window_values(r, lo, hi) for r in group])
+            means = [float(np.mean(c[np.isfinite(c)])) if np.isfinite(c).any() else float("nan") for c in values.T]
+            lines.append(f"| {dataset} | {variant} | {label} | {len(group)} | {name} | " + cells(means))
     return lines
 
 
