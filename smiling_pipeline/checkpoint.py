@@ -15,8 +15,10 @@ seeded, and says so once: everything else is restored exactly, the episode under
 
 from __future__ import annotations
 
+import json
 import logging
 import random
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -126,3 +128,16 @@ def load_state(folder: Path) -> dict[str, Any]:
         raise UserError(f"checkpoint {path} was written by another version of smiling_pipeline; "
                         "train without --resume")
     return state
+
+
+def progress(folder: Path) -> tuple[int, list[dict[str, float]]]:
+    """A checkpoint's env steps (SB3's counter in ``model.zip``) and its learning curve so far: how far an
+    unfinished run got, readable without loading its models."""
+    state = load_state(folder)
+    try:
+        with zipfile.ZipFile(folder / "model.zip") as model:
+            steps = int(json.loads(model.read("data"))["num_timesteps"])
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile) as e:
+        raise UserError(f"checkpoint {folder / 'model.zip'} is unreadable ({e.__class__.__name__}); "
+                        f"remove {folder} and train again") from e
+    return steps, state["curve"]

@@ -451,7 +451,7 @@ def sweep(
     params: ParamsOpt = None,
 ) -> None:
     """Run seeds x algorithms x variants x datasets: queued DVC experiments, train processes here, or Ray tasks."""
-    from smiling_pipeline.sweep import load_sweep, queue, run_local
+    from smiling_pipeline.sweep import checkpoint_note, load_sweep, queue, run_local
 
     if backend not in ("dvc", "local", "ray"):
         raise UserError(f"--backend must be dvc, local or ray, got {backend!r}")
@@ -466,9 +466,15 @@ def sweep(
             done = run_ray(sweep_file, params, runs, out, opts, dry_run)
         else:
             done = run_local(sweep_file, params, jobs, runs, out, dry_run)
+        resumed = 0
         for cell in done if dry_run else []:
             typer.echo(f"{cell.name}: " + " ".join(f"{k}={v}" for k, v in cell.overrides.items()))
-        typer.echo(f"{'would run' if dry_run else 'ran'} {len(done)} cells; records in {out}")
+            note = checkpoint_note(runs / cell.name)  # this machine's working folders
+            if note:
+                resumed += note.startswith("resumes")
+                typer.echo(f"  {note}")
+        more = f" ({resumed} from checkpoints in {runs})" if resumed else ""
+        typer.echo(f"{'would run' if dry_run else 'ran'} {len(done)} cells{more}; records in {out}")
         return
     cells = queue(sweep_file, params, jobs, start, dry_run)
     for cell in cells:

@@ -189,6 +189,22 @@ def read_records(folder: Path) -> dict[str, bytes]:
     return {name: (folder / "train_metrics" / name).read_bytes() for name in RECORDS}
 
 
+def checkpoint_note(folder: Path) -> Optional[str]:
+    """Where a pending cell's checkpoint in its working ``folder`` stands (for ``--dry-run``); None without
+    one (the cell starts from scratch)."""
+    saved = folder / "train" / "checkpoint"
+    if not (saved / "state.pt").is_file():
+        return None
+    from smiling_pipeline import checkpoint  # torch and MuJoCo: imported only when there is one to read
+
+    try:
+        steps, curve = checkpoint.progress(saved)
+    except UserError as e:
+        return f"cannot resume: {e}"
+    last = f" (last evaluation {curve[-1]['normalized_return']:.2f} at {int(curve[-1]['env_steps'])})" if curve else ""
+    return f"resumes from its checkpoint at {steps} env steps{last}"
+
+
 def pending_cells(sweep_file: Path, params_file: Optional[Path], results: Path) -> tuple[list[Cell], dict[str, Any]]:
     """The sweep's cells whose records are not yet in ``results``, and the base settings they override."""
     base = _plain(as_dict(load_params(params_file)))

@@ -281,6 +281,15 @@ def test_local_sweep_runs_each_cell_once_and_the_report_reads_their_records(reco
     assert tags["sweep_cell"] == "loc-ip-smiling-so-absorbing-s0"
     again = run_cli(args)  # finished cells are never run again
     assert again.exit_code == 0 and "ran 0 cells" in again.stdout, again.output
+    # toward other results, both cells are pending; a dry run says where each one's checkpoint stands
+    (tmp_path / "runs" / "loc-ip-smiling-so-s0" / "train" / "checkpoint" / "model.zip").write_bytes(b"torn")
+    plan = run_cli([*args[:-1], tmp_path / "elsewhere", "--dry-run"])
+    assert plan.exit_code == 0 and "would run 2 cells (1 from checkpoints in" in plan.stdout, plan.output
+    last = json.loads((results / "loc-ip-smiling-so-absorbing-s0" / "metrics.json").read_text())["final_normalized_return"]
+    assert re.search(r"loc-ip-smiling-so-absorbing-s0: .*\n  resumes from its checkpoint at 400 env steps "
+                     rf"\(last evaluation {last:.2f} at 400\)", plan.stdout), plan.stdout
+    assert "loc-ip-smiling-so-s0: " in plan.stdout and "cannot resume: checkpoint " in plan.stdout
+    assert not (tmp_path / "elsewhere").exists()
     more = tmp_path / "more-cells"  # records of two sweeps, in two folders, go into one report
     more.mkdir()
     (results / "loc-ip-smiling-so-absorbing-s0").rename(more / "loc-ip-smiling-so-absorbing-s0")
