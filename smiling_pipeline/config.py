@@ -413,7 +413,8 @@ def _same(value: Any) -> Any:
 def settings_tag(settings: typing.Mapping[str, Any], scopes: typing.Sequence[str]) -> str:
     """``name=value`` of every setting in ``scopes`` in which a run's recorded ``settings`` differ from today's
     defaults ("default" if none); a setting it lacks ran with :data:`BEFORE_RECORDED`'s value or the default.
-    The name is the field's own, or ``section.field`` where another section has a field of that name."""
+    The name is the field's own, or ``section.field`` where another section has a field of that name; a
+    preset's name stands for its settings where the run has all of them (``official-reward;draws=refit``)."""
     defaults = run_settings(Params(), scopes)
     names = [f.name for s in typing.get_type_hints(Params) for f in dataclasses.fields(getattr(Params(), s))]
 
@@ -424,8 +425,15 @@ def settings_tag(settings: typing.Mapping[str, Any], scopes: typing.Sequence[str
     def text(value: Any) -> str:
         return ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
 
-    changed = [(k, _same(settings.get(k, BEFORE_RECORDED.get(k, d)))) for k, d in defaults.items()]
-    return ";".join(f"{short(k)}={text(v)}" for k, v in changed if v != _same(defaults[k])) or "default"
+    values = {k: _same(settings.get(k, BEFORE_RECORDED.get(k, d))) for k, d in defaults.items()}
+    changed = {k: v for k, v in values.items() if v != _same(defaults[k])}
+    named = []  # a preset whose every setting here that is not a default is in the run: its name stands for them
+    for name, preset in PRESETS.items():
+        own = {k: _same(v) for k, v in preset.items() if k in defaults and _same(v) != _same(defaults[k])}
+        if own and all(changed.get(k) == v for k, v in own.items()):
+            named.append(name)
+            changed = {k: v for k, v in changed.items() if k not in own}
+    return ";".join(named + [f"{short(k)}={text(v)}" for k, v in changed.items()]) or "default"
 
 
 def config_tag(p: Params, scopes: typing.Sequence[str]) -> str:

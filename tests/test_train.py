@@ -402,9 +402,13 @@ def test_config_tag_names_every_changed_setting_that_applies_to_the_algorithm():
     assert config_tag(p) == "pretrain.steps=2000;timesteps=128;draws=refit"
     dac = dataclasses.replace(p, train=dataclasses.replace(p.train, algorithm="dac", termination="absorbing"))
     assert config_tag(dac) == "termination=absorbing"
-    sac = apply_presets(Params(), ["official-sac"])
-    assert config_tag(sac) == ("learning_starts=5000;train.net=1024,1024;train.batch_size=1024;train.lr=0.0001;"
-                               "target_update_interval=2")
+    sac = apply_presets(Params(), ["official-sac"])  # a preset applied whole is named by its name
+    assert config_tag(sac) == "official-sac"
+    sac = dataclasses.replace(sac, train=dataclasses.replace(sac.train, lr=3e-4))  # not whole: its settings
+    assert config_tag(sac) == "learning_starts=5000;train.net=1024,1024;train.batch_size=1024;target_update_interval=2"
+    both = apply_presets(p, ["official-reward", "official-sac"])
+    assert config_tag(both) == "official-reward;official-sac;pretrain.steps=2000;draws=refit"
+    assert config_tag(dataclasses.replace(both, train=dataclasses.replace(both.train, algorithm="dac"))) == "official-sac"
 
 
 def test_a_recorded_run_is_labelled_against_todays_defaults():
