@@ -451,7 +451,7 @@ def sweep(
     params: ParamsOpt = None,
 ) -> None:
     """Run seeds x algorithms x variants x datasets: queued DVC experiments, train processes here, or Ray tasks."""
-    from smiling_pipeline.sweep import checkpoint_note, load_sweep, queue, run_local
+    from smiling_pipeline.sweep import cell_note, load_sweep, queue, run_local
 
     if backend not in ("dvc", "local", "ray"):
         raise UserError(f"--backend must be dvc, local or ray, got {backend!r}")
@@ -469,7 +469,7 @@ def sweep(
         resumed = 0
         for cell in done if dry_run else []:
             typer.echo(f"{cell.name}: " + " ".join(f"{k}={v}" for k, v in cell.overrides.items()))
-            note = checkpoint_note(runs / cell.name)  # this machine's working folders
+            note = cell_note(runs / cell.name)  # this machine's working folders
             if note:
                 resumed += note.startswith("resumes")
                 typer.echo(f"  {note}")

@@ -189,20 +189,22 @@ def read_records(folder: Path) -> dict[str, bytes]:
     return {name: (folder / "train_metrics" / name).read_bytes() for name in RECORDS}
 
 
-def checkpoint_note(folder: Path) -> Optional[str]:
-    """Where a pending cell's checkpoint in its working ``folder`` stands (for ``--dry-run``); None without
-    one (the cell starts from scratch)."""
+def cell_note(folder: Path) -> Optional[str]:
+    """What a pending cell's working ``folder`` says (for ``--dry-run``): whether a sweep process runs the cell
+    now, and where its checkpoint stands; None for a cell that would start from scratch."""
+    running = "running now in a sweep process" if _held(folder) else None
     saved = folder / "train" / "checkpoint"
     if not (saved / "state.pt").is_file():
-        return None
+        return running
     from smiling_pipeline import checkpoint  # torch and MuJoCo: imported only when there is one to read
 
     try:
         steps, curve = checkpoint.progress(saved)
-    except UserError as e:
-        return f"cannot resume: {e}"
+    except UserError as e:  # a running cell may be replacing its checkpoint this moment
+        return running or f"cannot resume: {e}"
     last = f" (last evaluation {curve[-1]['normalized_return']:.2f} at {int(curve[-1]['env_steps'])})" if curve else ""
-    return f"resumes from its checkpoint at {steps} env steps{last}"
+    return f"{running}; its checkpoint: {steps} env steps{last}" if running else \
+        f"resumes from its checkpoint at {steps} env steps{last}"
 
 
 def pending_cells(sweep_file: Path, params_file: Optional[Path], results: Path) -> tuple[list[Cell], dict[str, Any]]:
@@ -226,6 +228,16 @@ def _claim(folder: Path) -> Optional[IO[str]]:
         handle.close()
         return None
     return handle
+
+
+def _held(folder: Path) -> bool:
+    """Whether a sweep process holds ``folder``'s lock now, that is, runs its cell."""
+    if not (folder / ".lock").is_file():
+        return False
+    handle = _claim(folder)
+    if handle is not None:
+        handle.close()
+    return handle is None
 
 
 def run_local(sweep_file: Path, params_file: Optional[Path], jobs: int, runs: Path, results: Path,

@@ -319,11 +319,15 @@ def test_local_sweep_runs_each_cell_once_and_the_report_reads_their_records(reco
 
 
 def test_a_cell_claimed_by_one_sweep_process_is_skipped_by_another(tmp_path):
-    from smiling_pipeline.sweep import _claim
+    from smiling_pipeline.sweep import _claim, cell_note
 
+    assert cell_note(tmp_path) is None  # never run: it would start from scratch
     first = _claim(tmp_path)
     assert first is not None and _claim(tmp_path) is None
+    assert cell_note(tmp_path) == "running now in a sweep process"  # and the probe leaves the lock held
+    assert _claim(tmp_path) is None
     first.close()
+    assert cell_note(tmp_path) is None
     again = _claim(tmp_path)
     assert again is not None
     again.close()
