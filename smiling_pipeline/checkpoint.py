@@ -131,8 +131,8 @@ def load_state(folder: Path) -> dict[str, Any]:
 
 
 def progress(folder: Path) -> tuple[int, list[dict[str, float]]]:
-    """A checkpoint's env steps (SB3's counter in ``model.zip``) and its learning curve so far: how far an
-    unfinished run got, readable without loading its models."""
+    """A checkpoint's env steps (SB3's counter in ``model.zip``, read without loading the policy) and its
+    learning curve so far: how far an unfinished run got."""
     state = load_state(folder)
     try:
         with zipfile.ZipFile(folder / "model.zip") as model:
