@@ -244,13 +244,14 @@ def run_local(sweep_file: Path, params_file: Optional[Path], jobs: int, runs: Pa
               dry_run: bool = False) -> list[Cell]:
     """Run the cells whose records are not yet in ``results`` as ``smiling-cli train`` processes, ``jobs``
     at a time, each in ``runs/<cell>`` (resumed from its checkpoint when one is there); each finished
-    cell's records go to ``results/<cell>`` at once, so an interrupted sweep continues where it stopped."""
+    cell's records go to ``results/<cell>`` at once, so an interrupted sweep continues where it stopped.
+    Returns the cells it ran (those another sweep process runs are skipped), or with ``dry_run`` those it would."""
     todo, base = pending_cells(sweep_file, params_file, results)
     if dry_run or not todo:
         return todo
     check_writable(runs)
     check_writable(results)
-    pending, failed = list(todo), []
+    pending, failed, started = list(todo), [], []
     active: dict[subprocess.Popen, tuple[Cell, Path, float, IO[str], IO[str]]] = {}
     previous = signal.signal(signal.SIGTERM, on_sigterm)  # a terminated sweep stops its cells too
     try:
@@ -271,6 +272,7 @@ def run_local(sweep_file: Path, params_file: Optional[Path], jobs: int, runs: Pa
                                          *resume], stdout=output,
                                         stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
                 active[proc] = (cell, params.parent, time.monotonic(), output, claimed)
+                started.append(cell)
                 log.info(f"started {cell.name}{' (resumed)' if resume else ''}: log {params.parent / 'train.log'}")
             time.sleep(1.0)
             for proc in [p for p in active if p.poll() is not None]:
@@ -292,5 +294,5 @@ def run_local(sweep_file: Path, params_file: Optional[Path], jobs: int, runs: Pa
             cell_lock.close()
         signal.signal(signal.SIGTERM, previous)
     if failed:
-        raise UserError(f"{len(failed)} of {len(todo)} cells failed ({', '.join(failed)}); their logs are in {runs}")
-    return todo
+        raise UserError(f"{len(failed)} of {len(started)} cells failed ({', '.join(failed)}); their logs are in {runs}")
+    return started

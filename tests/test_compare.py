@@ -332,6 +332,18 @@ def test_a_cell_claimed_by_one_sweep_process_is_skipped_by_another(tmp_path):
     assert again is not None
     again.close()
 
+    # a sweep whose only cell another process holds runs nothing and says so
+    sweep = {"name": "t", "datasets": {"a": {}},
+             "grids": [{"datasets": ["a"], "seeds": [0], "algorithms": ["smiling"], "variants": ["state-only"]}]}
+    path, runs = tmp_path / "sweep.yaml", tmp_path / "runs"
+    path.write_text(yaml.safe_dump(sweep))
+    (runs / "t-a-smiling-so-s0").mkdir(parents=True)
+    held = _claim(runs / "t-a-smiling-so-s0")
+    run = run_cli(["sweep", path, "--backend", "local", "--runs", runs, "--results", tmp_path / "cells"])
+    held.close()
+    assert run.exit_code == 0 and "ran 0 cells" in run.stdout, run.output
+    assert not (runs / "t-a-smiling-so-s0" / "train.log").exists()
+
 
 def test_step_axes_read_in_thousands_and_millions():
     from smiling_pipeline.report import plt, steps_axis
