@@ -251,7 +251,7 @@ def run_local(sweep_file: Path, params_file: Optional[Path], jobs: int, runs: Pa
         return todo
     check_writable(runs)
     check_writable(results)
-    pending, failed, started = list(todo), [], []
+    pending, failed, ran = list(todo), [], []
     active: dict[subprocess.Popen, tuple[Cell, Path, float, IO[str], IO[str]]] = {}
     previous = signal.signal(signal.SIGTERM, on_sigterm)  # a terminated sweep stops its cells too
     try:
@@ -272,7 +272,7 @@ def run_local(sweep_file: Path, params_file: Optional[Path], jobs: int, runs: Pa
                                          *resume], stdout=output,
                                         stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
                 active[proc] = (cell, params.parent, time.monotonic(), output, claimed)
-                started.append(cell)
+                ran.append(cell)
                 log.info(f"started {cell.name}{' (resumed)' if resume else ''}: log {params.parent / 'train.log'}")
             time.sleep(1.0)
             for proc in [p for p in active if p.poll() is not None]:
@@ -294,5 +294,5 @@ def run_local(sweep_file: Path, params_file: Optional[Path], jobs: int, runs: Pa
             cell_lock.close()
         signal.signal(signal.SIGTERM, previous)
     if failed:
-        raise UserError(f"{len(failed)} of {len(started)} cells failed ({', '.join(failed)}); their logs are in {runs}")
-    return started
+        raise UserError(f"{len(failed)} of {len(ran)} cells failed ({', '.join(failed)}); their logs are in {runs}")
+    return ran
