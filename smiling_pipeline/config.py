@@ -425,8 +425,8 @@ def settings_tag(settings: typing.Mapping[str, Any], scopes: typing.Sequence[str
     def text(value: Any) -> str:
         return ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
 
-    values = {k: _same(settings.get(k, BEFORE_RECORDED.get(k, d))) for k, d in defaults.items()}
-    changed = {k: v for k, v in values.items() if v != _same(defaults[k])}
+    recorded = ((k, _same(settings.get(k, BEFORE_RECORDED.get(k, d)))) for k, d in defaults.items())
+    changed = {k: v for k, v in recorded if v != _same(defaults[k])}
     named = []  # a preset whose every setting here that is not a default is in the run: its name stands for them
     for name, preset in PRESETS.items():
         own = {k: _same(v) for k, v in preset.items() if k in defaults and _same(v) != _same(defaults[k])}
