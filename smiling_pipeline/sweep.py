@@ -218,23 +218,28 @@ def on_sigterm(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
 
 
-def _claim(folder: Path) -> Optional[IO[str]]:
+def _claim(folder: Path, tries: int = 5) -> Optional[IO[str]]:
     """An exclusive lock on a cell's folder (held while its process runs), or None when another sweep
-    process holds it: several sweep processes can work through one grid without running a cell twice."""
+    process holds it: several sweep processes can work through one grid without running a cell twice.
+    A lock found taken is tried again for a moment, so a ``--dry-run`` probe (which holds it for an instant)
+    does not make a sweep skip the cell."""
     handle = open(folder / ".lock", "w")
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        handle.close()
-        return None
-    return handle
+    for attempt in range(tries):
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return handle
+        except BlockingIOError:
+            if attempt + 1 < tries:
+                time.sleep(0.05)
+    handle.close()
+    return None
 
 
 def _held(folder: Path) -> bool:
     """Whether a sweep process holds ``folder``'s lock now, that is, runs its cell."""
     if not (folder / ".lock").is_file():
         return False
-    handle = _claim(folder)
+    handle = _claim(folder, tries=1)
     if handle is not None:
         handle.close()
     return handle is None

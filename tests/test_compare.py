@@ -345,6 +345,20 @@ def test_a_cell_claimed_by_one_sweep_process_is_skipped_by_another(tmp_path):
     assert not (runs / "t-a-smiling-so-s0" / "train.log").exists()
 
 
+def test_a_lock_held_for_an_instant_does_not_make_a_sweep_skip_the_cell(tmp_path):
+    """A --dry-run probe takes a cell's lock for an instant; a sweep claiming the cell then still gets it."""
+    import fcntl
+    import threading
+
+    from smiling_pipeline.sweep import _claim
+
+    probe = open(tmp_path / ".lock", "w")
+    fcntl.flock(probe, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    threading.Timer(0.06, probe.close).start()
+    claimed = _claim(tmp_path)
+    assert claimed is not None
+    claimed.close()
+
 def test_step_axes_read_in_thousands_and_millions():
     from smiling_pipeline.report import plt, steps_axis
 
