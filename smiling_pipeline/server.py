@@ -82,6 +82,12 @@ def postgres(folder: Path, port: int) -> Iterator[str]:
                        capture_output=True)
 
 
+# How long uvicorn keeps an idle client connection open (its default is 5 s). A client's pooled connection that
+# the server closes just as the client sends on it resets the request; MLflow does not resend a run's creation
+# (not idempotent), so a sweep cell failed. An hour outlasts the gaps between a training run's calls.
+KEEP_ALIVE_S = 3600
+
+
 @contextmanager
 def mlflow_server(store_uri: str, artifacts: Path, port: int, workers: int = 2, timeout: float = 120.0) -> Iterator[str]:
     """``mlflow server`` on 127.0.0.1:``port`` over ``store_uri``, serving artifacts from ``artifacts``;
@@ -92,7 +98,8 @@ def mlflow_server(store_uri: str, artifacts: Path, port: int, workers: int = 2, 
     log_file = open(artifacts.parent / f"mlflow-server-{port}.log", "a")
     proc = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--backend-store-uri", store_uri,
                              "--artifacts-destination", str(artifacts.resolve()), "--host", "127.0.0.1",
-                             "--port", str(port), "--workers", str(workers)],
+                             "--port", str(port), "--workers", str(workers),
+                             "--uvicorn-opts", f"--timeout-keep-alive {KEEP_ALIVE_S}"],
                             stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
                             env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",  # GenAI job workers: unused
                                  "MLFLOW_DISABLE_TELEMETRY": "true"})

@@ -6,6 +6,7 @@ Skipped (and said so) only where PostgreSQL or Ray is not installed; ``.ci/run``
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import re
@@ -19,6 +20,7 @@ import time
 from collections import Counter
 from contextlib import contextmanager
 from pathlib import Path
+from urllib.parse import urlparse
 
 import pytest
 import yaml
@@ -119,6 +121,20 @@ def _history(url: str, run_id: str, key: str) -> list[tuple[int, float]]:
     import mlflow
 
     return sorted((m.step, m.value) for m in mlflow.MlflowClient(url).get_metric_history(run_id, key))
+
+
+def test_the_server_keeps_an_idle_client_connection_open(server):
+    """A client's pooled connection idle past uvicorn's default keep-alive (5 s) still serves a request: with the
+    default, a server closing it as a cell sent on it reset the cell's run creation, which MLflow does not resend."""
+    conn = http.client.HTTPConnection(urlparse(server).hostname, urlparse(server).port, timeout=10)
+    try:
+        for idle in (0, 7):
+            time.sleep(idle)
+            conn.request("GET", "/health")  # on the same socket: http.client reconnects only where it closed it
+            response = conn.getresponse()
+            assert (response.status, response.read()) == (200, b"OK"), f"after {idle} s idle"
+    finally:
+        conn.close()
 
 
 def test_eight_cells_on_two_ray_nodes_land_once_each_in_the_postgres_server(store, server, cluster, tmp_path):
