@@ -321,6 +321,19 @@ def active_run_id() -> Optional[str]:
     return run.info.run_id if run else None
 
 
+def has_run(run_id: str, dataset_id: str) -> bool:
+    """Whether the store holds the run ``run_id`` (the store and the dataset's experiment are made first if needed)."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    experiment_id(dataset_id)
+    try:
+        mlflow.MlflowClient().get_run(run_id)
+    except MlflowException:
+        return False
+    return True
+
+
 def logged_until(run_id: str) -> dict[str, int]:
     """For each metric of a run, the last step MLflow holds."""
     import mlflow

@@ -80,21 +80,41 @@ class Records:
         """One refit's statistics; the mean reward on expert states is also logged as ``expert_reward_metric``
         where the method names it (SMILING: ``ds_divergence``, the estimated DS divergence)."""
         self.iterations.append(stats)
-        values = {k: v for k, v in vars(stats).items() if k not in ("iteration", "env_steps")}
-        named = {expert_reward_metric: stats.reward_mean_expert} if expert_reward_metric else {}
-        self.pending.append(({**values, **named}, stats.env_steps))
+        self.pending.append(_iteration_metrics(stats, expert_reward_metric))
 
     def add_evaluation(self, result: EvalResult, step: int) -> None:
         row = {"env_steps": step, "normalized_return": result.normalized_return,
                "return_mean": result.return_mean, "return_std": result.return_std}
         self.curve.append(row)
-        self.pending.append(({k: v for k, v in row.items() if k != "env_steps"}, step))
+        self.pending.append(_evaluation_metrics(row))
+
+    def resend_history(self, expert_reward_metric: Optional[str]) -> None:
+        """Queue every evaluation and iteration so far again, before what is pending: for a resumed run that
+        continues in a new MLflow run (its own is not in this store). The RL losses already sent are not kept."""
+        history = sorted([_evaluation_metrics(row) for row in self.curve] +
+                         [_iteration_metrics(stats, expert_reward_metric) for stats in self.iterations],
+                         key=lambda item: item[1])
+        queued = {(key, step) for values, step in history for key in values}  # pending holds the newest too
+        rest = [({k: v for k, v in values.items() if (k, step) not in queued}, step) for values, step in self.pending]
+        self.pending = history + [(values, step) for values, step in rest if values]
 
     def flush(self, logged_until: Optional[dict[str, int]] = None) -> None:
         """Send pending metrics to MLflow, skipping steps MLflow already has (after a resume)."""
         for values, step in self.pending:
             tracking.log_metrics({k: v for k, v in values.items() if step > (logged_until or {}).get(k, -1)}, step)
         self.pending = []
+
+
+def _iteration_metrics(stats: IterationStats, expert_reward_metric: Optional[str]) -> tuple[dict[str, float], int]:
+    """A refit's statistics as MLflow metrics and their step."""
+    values = {k: v for k, v in vars(stats).items() if k not in ("iteration", "env_steps")}
+    named = {expert_reward_metric: stats.reward_mean_expert} if expert_reward_metric else {}
+    return {**values, **named}, stats.env_steps
+
+
+def _evaluation_metrics(row: dict[str, float]) -> tuple[dict[str, float], int]:
+    """A learning-curve row as MLflow metrics and their step."""
+    return {k: v for k, v in row.items() if k != "env_steps"}, int(row["env_steps"])
 
 
 class LossWriter(KVWriter):
@@ -272,6 +292,11 @@ def train(p: Params, data: ExpertData, expert: Optional[ScoreModel], workdir: Pa
         checkpoint.set_rng_state(state["rng"])
         resume_id = state["run_id"]
         log.info(f"resuming from the checkpoint at {model.num_timesteps} env steps (MLflow run {resume_id})")
+        if not tracking.has_run(resume_id, data.meta["dataset_id"]):  # a checkpoint brought from another machine or store
+            log.warning(f"MLflow run {resume_id} is not in this store ({tracking.tracking_uri()}): continuing in a "
+                        f"new run, with the evaluations and iteration statistics so far logged again")
+            records.resend_history(spec.expert_reward_metric)
+            resume_id = None
     started_with = state["settings"]["train"]["steps"] if state is not None else cfg.steps  # a budget extended?
     model.set_logger(Logger(folder=None, output_formats=[LossWriter(records, cfg.rl)]))
 

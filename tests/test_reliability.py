@@ -88,6 +88,8 @@ def test_sigkill_then_resume_equals_an_uninterrupted_run(pretrained, tmp_path):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not (killed / "train_metrics" / "metrics.json").exists()
+    moved = tmp_path / "moved"  # the same checkpoint, resumed later against another MLflow store
+    shutil.copytree(killed, moved)
 
     # the training time adds up over processes: the resumed run counts on from the checkpoint's figure
     checkpointed = torch.load(state, weights_only=False)
@@ -112,6 +114,21 @@ def test_sigkill_then_resume_equals_an_uninterrupted_run(pretrained, tmp_path):
     for key in ("normalized_return", "refit_loss"):
         steps = [m.step for m in client.get_metric_history(run_id, key)]
         assert steps == [400, 800, 1200, 1600, 2000], (key, steps)  # no gap, no duplicate
+
+    # a checkpoint whose MLflow run is not in the store (brought from another machine) continues in a new run
+    # that holds its whole history: every evaluation and iteration once
+    other = f"sqlite:///{tmp_path / 'other.db'}"
+    elsewhere = run_cli(["train", "--params", p, "--workdir", moved, "--resume"], env={"MLFLOW_TRACKING_URI": other})
+    assert elsewhere.exit_code == 0, elsewhere.output
+    assert f"MLflow run {checkpointed['run_id']} is not in this store" in elsewhere.stderr
+    assert outputs(moved) == outputs(tmp_path / "a")
+    client = mlflow.MlflowClient(other)
+    [new_run] = [r for r in client.search_runs([client.get_experiment_by_name(DEMOS_DATASET).experiment_id])
+                 if r.data.tags["stage"] == "train"]
+    assert new_run.info.status == "FINISHED" and new_run.info.run_id != checkpointed["run_id"]
+    for key in ("normalized_return", "refit_loss", "ds_divergence"):
+        steps = [m.step for m in client.get_metric_history(new_run.info.run_id, key)]
+        assert steps == [400, 800, 1200, 1600, 2000], (key, steps)
 
 
 def test_resume_refuses_what_it_cannot_continue(pretrained, tmp_path):
