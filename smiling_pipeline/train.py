@@ -320,7 +320,7 @@ def train(p: Params, data: ExpertData, expert: Optional[ScoreModel], workdir: Pa
         if started_with != cfg.steps:  # MLflow params cannot change: the run's params keep its first budget
             log.info(f"extending the run from {started_with} to {cfg.steps} env steps")
             tracking.set_tag("extended", f"train.steps {started_with} -> {cfg.steps}")
-        else:
+        if started_with == cfg.steps or resume_id is None:  # a new MLflow run, or one whose budget is unchanged
             tracking.log_dataset(data.meta, data.train, minari_root() / data.meta["dataset_id"], "training")
         bar = tqdm(total=cfg.steps, initial=model.num_timesteps, desc=spec.label, unit="step",
                    dynamic_ncols=True)
