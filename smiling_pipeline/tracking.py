@@ -255,9 +255,7 @@ def attach_files(run_id: str, files: list[Path], artifact_path: str) -> bool:
 
     mlflow.set_tracking_uri(tracking_uri())
     client = mlflow.MlflowClient()
-    try:
-        client.get_run(run_id)
-    except mlflow.exceptions.MlflowException:
+    if not _holds(client, run_id):
         return False
     for f in files:
         client.log_artifact(run_id, str(f), artifact_path)
@@ -324,11 +322,17 @@ def active_run_id() -> Optional[str]:
 def has_run(run_id: str, dataset_id: str) -> bool:
     """Whether the store holds the run ``run_id`` (the store and the dataset's experiment are made first if needed)."""
     import mlflow
-    from mlflow.exceptions import MlflowException
 
     experiment_id(dataset_id)
+    return _holds(mlflow.MlflowClient(), run_id)
+
+
+def _holds(client: Any, run_id: str) -> bool:
+    """Whether ``client``'s store holds the run ``run_id``."""
+    from mlflow.exceptions import MlflowException
+
     try:
-        mlflow.MlflowClient().get_run(run_id)
+        client.get_run(run_id)
     except MlflowException:
         return False
     return True
